@@ -1,0 +1,33 @@
+# Two commands: `make demo` and `make test`. Both create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+export HF_HUB_OFFLINE := 1
+
+.PHONY: demo test install data clean bench
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/difflab demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Fashion-MNIST as IDX files under /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist).
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "Fashion-MNIST already installed"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; fi
+
+bench: $(STAMP) data
+	$(PY) bench/fashion_vs_diffusers.py
+
+clean:
+	rm -rf runs .pytest_cache

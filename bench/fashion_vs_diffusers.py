@@ -1,0 +1,116 @@
+"""difflab vs diffusers on Fashion-MNIST, same wall-clock budget, one run; plus FID vs sampler.
+
+    python bench/fashion_vs_diffusers.py --minutes 10 --n 2000 [--table full|short|none]
+
+1. trains difflab (configs/fashion_mnist.yaml, unconditional like the peer) and the diffusers
+   peer (bench/peer_diffusers.py) for the same number of minutes, one after the other, each in
+   its own process;
+2. samples n images from each at 20 steps of DPM-Solver++(2M) and reports FID with difflab's
+   Fashion-MNIST feature extractor (trained once, cached), sampling time and peak memory;
+3. the FID of the difflab model against sampler and step count.
+Results go to bench/results/fashion-<date>.json and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import torch  # noqa: E402
+
+from difflab import io  # noqa: E402
+from difflab.evaluate.fid import compute_fid  # noqa: E402
+from difflab.evaluate.features import get_feature_extractor  # noqa: E402
+from difflab.tasks.image import generate, load_image_model  # noqa: E402
+
+# (sampler, steps, options): the lecture's question of why sampling adds noise is ddim eta 0 vs 1
+TABLE = {
+    "short": [("dpmpp-2m", 10, {}), ("dpmpp-2m", 20, {}), ("ddim", 20, {"eta": 0.0}), ("ddim", 20, {"eta": 1.0}),
+              ("ddpm", 1000, {})],
+    "full": [("ddpm", 1000, {}), ("ddpm", 1000, {"variance": "beta"}),
+             ("ddim", 10, {"eta": 0.0}), ("ddim", 10, {"eta": 1.0}), ("ddim", 20, {"eta": 0.0}),
+             ("ddim", 20, {"eta": 1.0}), ("ddim", 50, {"eta": 0.0}), ("ddim", 50, {"eta": 1.0}),
+             ("dpmpp-2m", 5, {}), ("dpmpp-2m", 10, {}), ("dpmpp-2m", 20, {}),
+             ("euler", 20, {}), ("heun", 10, {}), ("heun", 20, {})],
+    "none": [],
+}
+
+
+def run(cmd: list[str]) -> str:
+    print("$", " ".join(cmd), flush=True)
+    res = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if res.returncode:
+        sys.exit(f"command failed ({res.returncode}): {' '.join(cmd)}")
+    return res.stdout
+
+
+def fid_of(images) -> float:
+    return compute_fid(images, data="fashion-mnist", progress=False)
+
+
+def train_difflab(out: Path, minutes: float, config: str, overrides: list[str]) -> dict:
+    run([sys.executable, "-m", "difflab.cli", "train", config, "--out", str(out), "--max-minutes", str(minutes),
+         "--max-steps", "1000000", "--set", *overrides])
+    rows = io.read_metrics(out)
+    state = io.load_state(io.latest_checkpoint(out))
+    return {"steps": state["step"], "train_seconds": state["elapsed_s"],
+            "img_per_s": rows[-1]["img_per_s"], "peak_rss_mb": max(r["peak_rss_mb"] for r in rows)}
+
+
+def sample_difflab(out: Path, n: int, sampler: str, steps: int, **options) -> tuple[float, float]:
+    cfg, model = load_image_model(out)
+    t0 = time.perf_counter()
+    images, _ = generate(cfg, model, n, sampler=sampler, steps=steps, seed=0, progress=False, **options)
+    seconds = time.perf_counter() - t0
+    return fid_of(images), seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--table", choices=sorted(TABLE), default="full")
+    p.add_argument("--config", default="configs/fashion_mnist.yaml")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--skip-peer", action="store_true")
+    args = p.parse_args()
+    date = datetime.date.today().isoformat()
+    work = args.out / f"fashion-{date}"
+    work.mkdir(parents=True, exist_ok=True)
+    get_feature_extractor("fashion-mnist")  # trained once and cached, outside every timed phase
+    res = {"date": date, "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+           "torch": torch.__version__, "n": args.n, "minutes": args.minutes, "config": args.config}
+    res["difflab_train"] = train_difflab(work / "difflab", args.minutes, args.config,
+                                         ["data.class_conditional=false"])
+    res["difflab_fid"], res["difflab_sample_s"] = sample_difflab(work / "difflab", args.n, "dpmpp-2m", 20)
+    if not args.skip_peer:
+        peer_dir = work / "diffusers"
+        res["peer_train"] = json.loads(run([sys.executable, "bench/peer_diffusers.py", "train", "--out",
+                                            str(peer_dir), "--minutes", str(args.minutes)]).strip().splitlines()[-1])
+        peer = json.loads(run([sys.executable, "bench/peer_diffusers.py", "sample", "--out", str(peer_dir),
+                               "--n", str(args.n), "--steps", "20"]).strip().splitlines()[-1])
+        import numpy as np
+        res["peer_fid"] = fid_of(np.load(peer_dir / f"samples-{args.n}-20.npz")["images"])
+        res["peer_sample_s"] = peer["sample_seconds"]
+    res["table"] = []
+    for sampler, steps, options in TABLE[args.table]:
+        fid, seconds = sample_difflab(work / "difflab", args.n, sampler, steps, **options)
+        res["table"].append({"sampler": sampler, "steps": steps, **options, "fid": fid, "seconds": seconds})
+        print(json.dumps(res["table"][-1]), flush=True)
+    (args.out / f"fashion-{date}.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

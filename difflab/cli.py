@@ -1,0 +1,248 @@
+"""Command line: ``difflab train | sample | fid | features | demo``.
+
+Bad input ends with one line ``error: <problem>: <fix>`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from difflab.errors import UserError
+
+DEMO_CONFIG = "digits"  # the built-in default config of `difflab demo`
+DEMO_SAMPLES = 1000  # samples for the demo's FID (digits has 1,437 training images)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message}: see `{self.prog} --help`")
+
+
+def _positive(kind: type):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
+    return value
+
+
+# -- train -------------------------------------------------------------------------------------
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model into a run folder",
+                       description="Train a diffusion model. CONFIG is a YAML file (see configs/); "
+                                   "without it the built-in default (class-conditional digits) is used.")
+    p.add_argument("config", nargs="?", help="YAML config; optional with --resume (the run's config.yaml is used)")
+    p.add_argument("--out", required=True, help="run folder to create (or continue with --resume)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config values, e.g. --set train.lr=1e-3 model.base_channels=32")
+    p.add_argument("--max-steps", type=_non_negative_int, help="stop after this many optimizer steps in total")
+    p.add_argument("--max-minutes", type=_positive(float), help="stop the training loop after this many minutes")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def _train_config(args: argparse.Namespace):
+    from difflab import io
+    from difflab.config import apply_overrides, load_config
+
+    run_config = Path(args.out) / io.CONFIG_FILE
+    if args.resume and run_config.is_file():
+        cfg = apply_overrides(io.read_run_config(args.out), args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    budget = [f"train.max_steps={args.max_steps}"] if args.max_steps is not None else []
+    if args.max_minutes is not None:
+        budget.append(f"train.max_minutes={args.max_minutes}")
+    return apply_overrides(cfg, budget)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from difflab.tasks.image import ImageTask
+    from difflab.train import check_train_config, train
+
+    cfg = _train_config(args)
+    check_train_config(cfg.train)
+    ckpt = train(ImageTask(cfg), args.out, resume=args.resume, progress=not args.no_progress)
+    if _is_main_process():
+        print(f"trained {args.out}: checkpoint {ckpt}")
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+# -- sample ------------------------------------------------------------------------------------
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampler", help="ddpm | ddim | dpmpp-2m | euler | heun (default: the run's sample.sampler)")
+    p.add_argument("--steps", type=_positive(int), help="number of sampling steps")
+    p.add_argument("--grid", help="step grid: trailing | leading | linspace | karras")
+    p.add_argument("--eta", type=float, help="ddim: 0 = deterministic, 1 = DDPM-like noise")
+    p.add_argument("--variance", help="ddpm: beta_tilde | beta")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--batch-size", type=_positive(int), help="images per sampler batch")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="generate images from a trained run",
+                       description="Generate images. --out ending .npz saves images (uint8 N,H,W,C) and labels; "
+                                   ".png a grid; anything else a folder with one PNG per image.")
+    p.add_argument("run", help="run folder written by `difflab train`")
+    p.add_argument("--n", type=_positive(int), default=64, help="number of images")
+    p.add_argument("--class", dest="class_id", type=int, help="class id for every image (class-conditional runs)")
+    p.add_argument("--out", help="output path (default RUN/samples/<sampler>-<steps>.png)")
+    _add_sampling_flags(p)
+    p.set_defaults(func=cmd_sample)
+
+
+def _device(name: str | None):
+    import torch
+    if name:
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("CUDA is not available on this machine: pass --device cpu")
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _generate(args: argparse.Namespace, n: int):
+    """Load the run of ``args.run`` and sample ``n`` images with the command's flags."""
+    import torch
+
+    from difflab.tasks.image import generate, load_image_model
+
+    cfg, model = load_image_model(args.run, _device(args.device))
+    labels = None
+    if getattr(args, "class_id", None) is not None:
+        labels = torch.full((n,), args.class_id, dtype=torch.long)
+    images, labels = generate(cfg, model, n, sampler=args.sampler, steps=args.steps, labels=labels,
+                              guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
+                              eta=args.eta, variance=args.variance, grid=args.grid)
+    return cfg, images, labels
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from difflab import io
+
+    cfg, images, labels = _generate(args, args.n)
+    out = args.out or Path(args.run) / "samples" / f"{args.sampler or cfg.sample.sampler}-{args.steps or cfg.sample.steps}.png"
+    ncol = cfg.model.num_classes if cfg.model.num_classes and args.class_id is None else None
+    print(f"wrote {io.save_images(out, images, labels, ncol=ncol)}")
+
+
+# -- fid / features ----------------------------------------------------------------------------
+def _add_fid(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fid", help="Frechet distance of samples to a dataset",
+                       description="FID of a run (samples are generated) or of a .npz of samples, in the "
+                                   "feature space of difflab's own per-dataset classifier.")
+    p.add_argument("source", help="run folder or .npz written by `difflab sample`")
+    p.add_argument("--data", help="reference dataset (default: the run's data.name)")
+    p.add_argument("--data-path", help="folder of the reference dataset")
+    p.add_argument("--n", type=_positive(int), default=2000, help="samples to generate from a run")
+    p.add_argument("--features", help="feature-extractor weights (.safetensors with its .json) instead of the built-in")
+    _add_sampling_flags(p)
+    p.set_defaults(func=cmd_fid)
+
+
+def cmd_fid(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from difflab.evaluate.fid import compute_fid
+
+    source = Path(args.source)
+    if source.suffix == ".npz":
+        if not source.is_file():
+            raise UserError(f"sample file {source} not found: write one with `difflab sample RUN --out {source}`")
+        images = np.load(source)["images"]
+        data, data_path, resolution = args.data, args.data_path, images.shape[1]
+        if data is None:
+            raise UserError("a .npz has no dataset name: pass --data NAME")
+    else:
+        cfg, images, _ = _generate(args, args.n)
+        data = args.data or cfg.data.name
+        data_path = args.data_path or cfg.data.path
+        resolution = cfg.data.resolution
+    fid = compute_fid(images, data=data, data_path=data_path, resolution=resolution, weights=args.features)
+    print(f"FID {fid:.3f} ({len(images)} samples vs {data})")
+
+
+def _add_features(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("features", help="the feature extractors behind FID")
+    fsub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    t = fsub.add_parser("train", help="train (or retrain) the feature extractor of a dataset")
+    t.add_argument("--data", required=True, help="dataset name")
+    t.add_argument("--data-path", help="dataset folder")
+    t.add_argument("--resolution", type=_positive(int), help="image side (default native)")
+    t.add_argument("--steps", type=_positive(int), help="training steps (default: sized for the dataset)")
+    t.set_defaults(func=cmd_features_train)
+
+
+def cmd_features_train(args: argparse.Namespace) -> None:
+    from difflab.evaluate.features import train_feature_extractor
+
+    kwargs = {"steps": args.steps} if args.steps else {}
+    path = train_feature_extractor(args.data, data_path=args.data_path, resolution=args.resolution, **kwargs)
+    print(f"wrote {path}")
+
+
+# -- demo --------------------------------------------------------------------------------------
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="train, sample and measure the built-in default",
+                       description="Train a class-conditional model on scikit-learn's 8x8 digits (or reuse it), "
+                                   "write a grid with one row per class, and print its FID.")
+    p.add_argument("--out", default="runs/demo", help="run folder (reused when it holds a finished run)")
+    p.add_argument("--config", default=None, help="config (default configs/digits.yaml's built-in twin)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from difflab.demo import run_demo
+
+    run_demo(Path(args.out), args.config)
+
+
+# -- entry point -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="difflab", description="Train, sample and evaluate diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_train, _add_sample, _add_fid, _add_features, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 for bad input)."""
+    try:
+        args = build_parser().parse_args(argv)
+        args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Run folders, checkpoints and atomic writes.
+
+A run folder holds everything ``difflab sample`` needs::
+
+    RUN/config.yaml                     the full resolved config
+    RUN/metrics.jsonl                   one JSON row per logged training step
+    RUN/checkpoints/step-00000500/      model.safetensors, ema.safetensors, state.pt
+    RUN/checkpoints/latest              the name of the newest complete checkpoint
+    RUN/samples/                        what ``difflab sample`` wrote by default
+
+Every file is written to a temporary name in the same folder and renamed into place, and a
+checkpoint folder is renamed into place only when all its files are complete, so a run
+killed at any moment never leaves a half-written checkpoint. Weights are safetensors; the
+training state (optimizer, step) is loaded with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from difflab.config import Config, dump_config, load_config
+from difflab.errors import UserError
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+STATE_FILE = "state.pt"
+CHECKPOINT_PREFIX = "step-"
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it.
+
+    Works for files and for folders (the caller creates what it wants at the yielded path).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        if path.is_dir() and tmp.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+# -- run folder ---------------------------------------------------------------------------
+def init_run(out: Path, cfg: Config) -> None:
+    """Create a run folder and write its resolved config."""
+    (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    (out / "samples").mkdir(exist_ok=True)
+    write_text_atomic(out / CONFIG_FILE, dump_config(cfg))
+
+
+def read_run_config(run: str | Path) -> Config:
+    """The resolved config of a run folder (a clear error when it is not one)."""
+    run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"run folder {run} does not exist: pass the --out folder of a `difflab train` run")
+    if not (run / CONFIG_FILE).is_file():
+        raise UserError(f"{run} has no {CONFIG_FILE}, so it is not a run folder: pass the --out folder of a `difflab train` run")
+    return load_config(run / CONFIG_FILE)
+
+
+def latest_checkpoint(run: str | Path) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    ckpts = Path(run) / CHECKPOINTS
+    pointer = ckpts / LATEST
+    if pointer.is_file():
+        candidate = ckpts / pointer.read_text().strip()
+        if (candidate / STATE_FILE).is_file():
+            return candidate
+    done = sorted(p for p in ckpts.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file())
+    return done[-1] if done else None
+
+
+def require_checkpoint(run: str | Path) -> Path:
+    """Like :func:`latest_checkpoint`, but a one-line error when there is none."""
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise UserError(f"run folder {run} has no checkpoints yet: train it first "
+                        f"(`difflab train CONFIG --out {run}`) or let training reach a checkpoint")
+    return ckpt
+
+
+def save_checkpoint(run: Path, step: int, weights: dict[str, dict[str, Tensor]],
+                    state: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``step-N/`` with one safetensors file per entry of ``weights`` plus ``state.pt``.
+
+    The folder appears only when complete; then ``latest`` points at it and all but the
+    newest ``keep`` checkpoints are removed.
+    """
+    ckpts = run / CHECKPOINTS
+    name = f"{CHECKPOINT_PREFIX}{step:08d}"
+    with atomic_path(ckpts / name) as tmp:
+        tmp.mkdir()
+        for filename, tensors in weights.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / filename))
+        torch.save(state, tmp / STATE_FILE)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    write_text_atomic(ckpts / LATEST, name)
+    old = sorted(p for p in ckpts.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())[:-keep] if keep > 0 else []
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+    return ckpts / name
+
+
+def remove_stale_temporaries(run: Path) -> int:
+    """Delete temporaries a killed process left in ``checkpoints/`` (never a named checkpoint)."""
+    stale = list((run / CHECKPOINTS).glob(".tmp-*"))
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return len(stale)
+
+
+def load_state(ckpt: Path) -> dict[str, Any]:
+    """The training state of a checkpoint (plain tensors and numbers only)."""
+    return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def load_weights(module: nn.Module, file: Path) -> None:
+    """Load a safetensors file into ``module``; a one-line error when the architecture differs."""
+    if not file.is_file():
+        raise UserError(f"checkpoint file {file} is missing: the checkpoint is incomplete, use an earlier one")
+    tensors = load_file(str(file))
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    shapes = [k for k in own if k in tensors and own[k].shape != tensors[k].shape]
+    if missing or unexpected or shapes:
+        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mismatched tensors"
+                  f" (e.g. {(missing + unexpected + shapes)[0]})")
+        raise UserError(f"checkpoint {file} does not fit the model built from config.yaml ({detail}): "
+                        "use the config the checkpoint was trained with")
+    module.load_state_dict(tensors)
+
+
+# -- metrics ----------------------------------------------------------------------------------
+def append_metrics(run: Path, row: dict[str, Any]) -> None:
+    """Append one JSON row to ``metrics.jsonl``."""
+    with open(run / METRICS_FILE, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(run: Path) -> list[dict[str, Any]]:
+    """All rows of ``metrics.jsonl`` (a torn last line, from a kill mid-write, is ignored)."""
+    path = run / METRICS_FILE
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                rows.append(json.loads(line))
+    return rows
+
+
+def truncate_metrics(run: Path, max_step: int) -> None:
+    """Drop rows logged after ``max_step`` (used on resume, so the log matches the weights)."""
+    rows = [r for r in read_metrics(run) if r.get("step", 0) <= max_step]
+    write_text_atomic(run / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+# -- image outputs ------------------------------------------------------------------------------
+GRID_PAD = 2  # pixels of black between grid cells
+
+
+def image_grid(images: np.ndarray, ncol: int | None = None) -> np.ndarray:
+    """Tile uint8 images (N, H, W, C) into one (rows*H', ncol*W', C) image, row-major."""
+    N, H, W, C = images.shape
+    ncol = ncol or max(1, int(math.ceil(math.sqrt(N))))
+    nrow = int(math.ceil(N / ncol))
+    grid = np.zeros((nrow * (H + GRID_PAD) + GRID_PAD, ncol * (W + GRID_PAD) + GRID_PAD, C), np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, ncol)
+        y, x = GRID_PAD + r * (H + GRID_PAD), GRID_PAD + c * (W + GRID_PAD)
+        grid[y:y + H, x:x + W] = img
+    return grid
+
+
+def _save_png(path: Path, image: np.ndarray) -> None:
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[image.shape[-1]]
+    with atomic_path(path) as tmp:
+        Image.fromarray(image[..., 0] if mode == "L" else image, mode).save(tmp, format="PNG")
+
+
+def save_images(path: str | Path, images: np.ndarray, labels: np.ndarray | None = None,
+                ncol: int | None = None, **extra: np.ndarray) -> Path:
+    """Write samples: ``.npz`` (``images`` uint8 (N, H, W, C), ``labels``, extras), ``.png`` (a grid)
+    or a folder (one PNG per sample). Every file is written atomically."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, images=images, labels=labels if labels is not None else np.full(len(images), -1),
+                         **extra)
+    elif path.suffix == ".png":
+        _save_png(path, image_grid(images, ncol))
+    elif path.suffix:
+        raise UserError(f"cannot write samples to {path}: use a .npz or .png file, or a folder name")
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(images):
+            _save_png(path / f"{i:06d}.png", img)
+    return path

@@ -1,0 +1,210 @@
+"""Noise schedules of discrete-time Gaussian diffusion, and sampling step grids.
+
+Notation (Ho et al. 2020, "Denoising Diffusion Probabilistic Models"; the lecture):
+
+==============  =====================================================================
+symbol          meaning
+==============  =====================================================================
+``beta``        per-step variance: q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)
+``alpha``       1 - beta_t
+``alpha_bar``   prod_{s <= t} alpha_s, so q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)
+``sigma``       sqrt((1 - alpha_bar) / alpha_bar), the noise-to-signal ratio of EDM / k-diffusion:
+                x_t / sqrt(alpha_bar_t) = x_0 + sigma_t eps
+``log_snr``     lambda_t = log(alpha_bar_t / (1 - alpha_bar_t)) = -2 log sigma_t
+``beta_tilde``  posterior variance (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t
+==============  =====================================================================
+
+Time index convention: code uses t = 0 .. T-1 (the paper's t = 1 .. T). Samplers may
+ask for fractional t (Karras grids); sigma is then interpolated linearly in log sigma
+between the integer steps, as k-diffusion does. The special time ``CLEAN_T = -1`` means
+"no noise": alpha_bar = 1, sigma = 0; every sampler ends there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from difflab.errors import UserError
+
+CLEAN_T = -1.0  # the time of clean data: alpha_bar = 1, sigma = 0
+SCHEDULES = ("linear", "cosine")
+GRIDS = ("trailing", "leading", "linspace", "karras")
+COSINE_S = 0.008  # Nichol & Dhariwal 2021, eq. 17 offset
+COSINE_MAX_BETA = 0.999  # Nichol & Dhariwal 2021: betas clipped to avoid a singularity at t = T
+KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5
+
+
+def linear_betas(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """DDPM's linear schedule (Ho et al. 2020, Sec. 4): beta from 1e-4 to 0.02 over T=1000."""
+    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+
+
+def cosine_betas(T: int = 1000, s: float = COSINE_S, max_beta: float = COSINE_MAX_BETA) -> Tensor:
+    """Cosine schedule (Nichol & Dhariwal 2021, eq. 17): alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) pi/2)."""
+    steps = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    alpha_bar = f / f[0]
+    betas = 1 - alpha_bar[1:] / alpha_bar[:-1]
+    return betas.clamp(max=max_beta)
+
+
+def posterior_coefficients(alpha_bar_t: Tensor, alpha_bar_s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Coefficients of q(x_s | x_t, x_0) for any s < t (Ho et al. 2020, eqs. 6-7).
+
+    With beta' = 1 - alpha_bar_t / alpha_bar_s (the variance of the jump s -> t),
+    mean = c_x0 x_0 + c_xt x_t and variance = beta_tilde.
+
+    Returns:
+        (c_x0, c_xt, beta_tilde), broadcast like the inputs.
+    """
+    beta = 1 - alpha_bar_t / alpha_bar_s
+    c_x0 = alpha_bar_s.sqrt() * beta / (1 - alpha_bar_t)
+    c_xt = (1 - beta).sqrt() * (1 - alpha_bar_s) / (1 - alpha_bar_t)
+    beta_tilde = (1 - alpha_bar_s) / (1 - alpha_bar_t) * beta
+    return c_x0, c_xt, beta_tilde
+
+
+def _expand(v: Tensor, like: Tensor) -> Tensor:
+    """Reshape per-sample values (B,) to broadcast over a batch (B, ...) in its dtype."""
+    return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """A discrete-time variance-preserving schedule, with closed forms used everywhere.
+
+    Build with :func:`make_schedule`. All buffers are float64 on the CPU; methods move
+    results to the device and dtype of their tensor arguments.
+    """
+
+    name: str
+    betas: Tensor  # (T,)
+    alpha_bar: Tensor = field(init=False)  # (T,)
+    log_sigmas: Tensor = field(init=False)  # (T,), increasing
+
+    def __post_init__(self) -> None:
+        alpha_bar = torch.cumprod(1 - self.betas, dim=0)
+        object.__setattr__(self, "alpha_bar", alpha_bar)
+        object.__setattr__(self, "log_sigmas", 0.5 * torch.log((1 - alpha_bar) / alpha_bar))
+
+    @property
+    def T(self) -> int:
+        """Number of diffusion steps."""
+        return self.betas.numel()
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.log_sigmas[0].exp())
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.log_sigmas[-1].exp())
+
+    # -- time <-> sigma / alpha_bar / log-SNR, fractional t allowed --------------------
+    def sigma_at(self, t: Tensor) -> Tensor:
+        """sigma_t for float t in [0, T-1] (log-linear between steps); 0 where t < 0."""
+        t64 = t.detach().to("cpu", torch.float64)
+        tc = t64.clamp(0, self.T - 1)
+        lo = tc.floor().long()
+        hi = tc.ceil().long()
+        w = tc - lo
+        log_sigma = (1 - w) * self.log_sigmas[lo] + w * self.log_sigmas[hi]
+        sigma = torch.where(t64 < 0, torch.zeros_like(log_sigma), log_sigma.exp())
+        return sigma.to(t.device)
+
+    def alpha_bar_at(self, t: Tensor) -> Tensor:
+        """alpha_bar_t = 1 / (1 + sigma_t^2) for float t; 1 where t < 0 (clean)."""
+        return 1 / (1 + self.sigma_at(t) ** 2)
+
+    def log_snr_at(self, t: Tensor) -> Tensor:
+        """lambda_t = -2 log sigma_t (+inf for clean data)."""
+        return -2 * torch.log(self.sigma_at(t))
+
+    def t_from_sigma(self, sigma: Tensor) -> Tensor:
+        """Inverse of :meth:`sigma_at` on [sigma_min, sigma_max] (clamped); float64, CPU."""
+        log_sigma = sigma.detach().to("cpu", torch.float64).log().clamp(
+            self.log_sigmas[0], self.log_sigmas[-1])
+        hi = torch.searchsorted(self.log_sigmas, log_sigma).clamp(1, self.T - 1)
+        lo = hi - 1
+        w = (log_sigma - self.log_sigmas[lo]) / (self.log_sigmas[hi] - self.log_sigmas[lo])
+        return lo.double() + w
+
+    # -- the forward process ----------------------------------------------------------
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """Sample q(x_t | x_0) in closed form: sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps.
+
+        Args:
+            x0: clean data (B, ...). t: (B,) integer or float times. noise: eps like x0.
+        """
+        alpha_bar = _expand(self.alpha_bar_at(t), x0)
+        return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+
+    def q_step(self, x_prev: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """One forward step q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I); t integer (B,)."""
+        beta = _expand(self.betas[t.long().cpu()].to(x_prev.device), x_prev)
+        return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise
+
+    def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and variance of q(x_{t-1} | x_t, x_0) for integer t >= 1 (B,).
+
+        Returns:
+            mean (like x_t) and beta_tilde_t (B, 1, ...) broadcastable.
+        """
+        t_long = t.long().cpu()
+        alpha_bar_t = self.alpha_bar[t_long]
+        alpha_bar_s = torch.where(t_long > 0, self.alpha_bar[(t_long - 1).clamp(min=0)],
+                                  torch.ones_like(alpha_bar_t))
+        c_x0, c_xt, beta_tilde = posterior_coefficients(alpha_bar_t, alpha_bar_s)
+        c_x0, c_xt = (_expand(c.to(x_t.device), x_t) for c in (c_x0, c_xt))
+        return c_x0 * x0 + c_xt * x_t, _expand(beta_tilde.to(x_t.device), x_t)
+
+
+def make_schedule(name: str = "linear", T: int = 1000) -> Schedule:
+    """Build a named schedule: ``linear`` (DDPM) or ``cosine`` (improved DDPM)."""
+    if T < 2:
+        raise UserError(f"diffusion.timesteps must be at least 2, got {T}: set diffusion.timesteps=1000")
+    if name == "linear":
+        # DDPM's endpoints are for T = 1000; scale them for other T (Nichol & Dhariwal 2021, Sec. 3.2)
+        scale = 1000 / T
+        return Schedule(name, linear_betas(T, scale * 1e-4, scale * 0.02))
+    if name == "cosine":
+        return Schedule(name, cosine_betas(T))
+    raise UserError(f"unknown noise schedule {name!r}: use one of {', '.join(SCHEDULES)}")
+
+
+# -- sampling step grids -----------------------------------------------------------------
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = KARRAS_RHO) -> Tensor:
+    """Karras et al. 2022, eq. 5: sigmas evenly spaced in sigma^(1/rho), descending, (steps,)."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    inv_max, inv_min = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return (inv_max + ramp * (inv_min - inv_max)) ** rho
+
+
+def step_grid(schedule: Schedule, steps: int, kind: str = "trailing") -> Tensor:
+    """Descending times (steps,) float64 at which a sampler evaluates the denoiser.
+
+    Every sampler steps from ``grid[i]`` to ``grid[i+1]`` and from the last entry to
+    ``CLEAN_T``. Kinds (names as in diffusers' ``timestep_spacing``, Lin et al. 2023, Table 2):
+    ``trailing`` (starts at T-1), ``leading`` (k * T//steps), ``linspace``
+    (round(linspace(0, T-1, steps+1)) without 0), ``karras`` (Karras et al. 2022, eq. 5,
+    fractional t).
+    """
+    T = schedule.T
+    if steps < 1:
+        raise UserError(f"number of sampling steps must be positive, got {steps}: pass --steps 1 or more")
+    if steps > T:
+        raise UserError(f"{steps} sampling steps exceed the model's {T} diffusion steps: pass --steps {T} or fewer")
+    if kind == "trailing":
+        return (torch.arange(T, 0, -T / steps, dtype=torch.float64).round() - 1)[:steps]
+    if kind == "leading":
+        return (torch.arange(steps, dtype=torch.float64) * (T // steps)).round().flip(0)
+    if kind == "linspace":
+        return torch.linspace(0, T - 1, steps + 1, dtype=torch.float64).round().flip(0)[:-1]
+    if kind == "karras":
+        sigmas = karras_sigmas(schedule.sigma_min, schedule.sigma_max, steps)
+        return schedule.t_from_sigma(sigmas)
+    raise UserError(f"unknown step grid {kind!r}: use one of {', '.join(GRIDS)}")

@@ -1,0 +1,214 @@
+"""The one training loop, on Hugging Face Accelerate, for every task.
+
+A task supplies ``config`` (resolved), ``build_model()``, ``to(device)`` and
+``loss(model, batch_size, generator)``. The loop adds what every run needs: AdamW with
+warm-up, gradient clipping and accumulation, EMA weights (used for sampling), bf16 autocast,
+step and wall-clock budgets, a tqdm bar, ``metrics.jsonl``, atomic checkpoints and exact
+resume. Each step draws its batch and noise from a generator seeded by (seed, step, rank),
+so a resumed run continues exactly where the uninterrupted one would have been.
+
+Multi-process: ``accelerate launch --cpu --num_processes 2 -m difflab.cli train ...``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from difflab import io
+from difflab.config import Config, TrainConfig
+from difflab.errors import UserError
+
+LR_DECAYS = ("none", "cosine")
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+COSINE_FLOOR = 0.1  # cosine decay ends at this fraction of the peak learning rate
+EMA_WARMUP = 10  # EMA decay ramps as (1 + step) / (EMA_WARMUP + step), as in many EMA codes
+SEED_STRIDE = 1_000_003  # separates the per-step generator seeds of runs with different seeds
+
+
+class Task(Protocol):
+    config: Config
+
+    def build_model(self) -> nn.Module: ...
+    def to(self, device: torch.device) -> None: ...
+    def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor: ...
+
+
+def check_train_config(t: TrainConfig) -> None:
+    """One-line errors for budgets and options that cannot work."""
+    if t.max_steps < 0:
+        raise UserError(f"max steps must be zero or positive, got {t.max_steps}: pass --max-steps N with N >= 0")
+    if t.max_minutes is not None and t.max_minutes <= 0:
+        raise UserError(f"max minutes must be positive, got {t.max_minutes}: pass --max-minutes M with M > 0")
+    for name in ("batch_size", "grad_accum", "checkpoint_every", "log_every"):
+        if getattr(t, name) < 1:
+            raise UserError(f"train.{name} must be at least 1, got {getattr(t, name)}: fix it with --set train.{name}=N")
+    if t.lr_decay not in LR_DECAYS:
+        raise UserError(f"unknown train.lr_decay {t.lr_decay!r}: use one of {', '.join(LR_DECAYS)}")
+    if t.mixed_precision not in MIXED_PRECISIONS:
+        raise UserError(f"unknown train.mixed_precision {t.mixed_precision!r}: use one of {', '.join(MIXED_PRECISIONS)}")
+
+
+def lr_factor(step: int, t: TrainConfig) -> float:
+    """Linear warm-up, then constant or cosine decay to COSINE_FLOOR at max_steps."""
+    if step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    if t.lr_decay == "cosine" and t.max_steps > t.warmup_steps:
+        progress = min(1.0, (step - t.warmup_steps) / (t.max_steps - t.warmup_steps))
+        return COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, for parameters; buffers are copied."""
+    ema_params = [p for p in ema.parameters()]
+    params = [p.detach().float() for p in model.parameters()]
+    torch._foreach_lerp_(ema_params, params, 1 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _Trainer:
+    """State of one training run; :func:`train` is the public entry point."""
+
+    def __init__(self, task: Task, out: Path, resume: bool, progress: bool) -> None:
+        self.task, self.out, self.cfg = task, out, task.config
+        t = self.cfg.train
+        self.acc = Accelerator(mixed_precision=t.mixed_precision)
+        task.to(self.acc.device)
+        torch.manual_seed(t.seed)  # weight init is the same on every process
+        model = task.build_model()
+        self.ema = copy.deepcopy(model).float().requires_grad_(False).to(self.acc.device)
+        opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
+        self.model, self.opt, self.sched = self.acc.prepare(model, opt, sched)
+        self.step, self.elapsed_before = 0, 0.0
+        self.progress = progress and self.acc.is_main_process
+        if resume:
+            self._resume()
+        elif self.acc.is_main_process:
+            io.init_run(out, self.cfg)
+        self.acc.wait_for_everyone()
+
+    def _resume(self) -> None:
+        if self.acc.is_main_process:
+            io.remove_stale_temporaries(self.out)
+        ckpt = io.latest_checkpoint(self.out)
+        if ckpt is None:
+            if self.acc.is_main_process:
+                io.init_run(self.out, self.cfg)
+            return
+        io.load_weights(self.acc.unwrap_model(self.model), ckpt / io.MODEL_FILE)
+        io.load_weights(self.ema, ckpt / io.EMA_FILE)
+        state = io.load_state(ckpt)
+        self.opt.optimizer.load_state_dict(state["optimizer"])
+        self.sched.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.elapsed_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
+        if self.acc.is_main_process:
+            io.truncate_metrics(self.out, self.step)
+            print(f"resuming {self.out} from step {self.step}")
+
+    def save(self, finished: bool = False) -> None:
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            weights = {io.MODEL_FILE: self.acc.unwrap_model(self.model).state_dict(),
+                       io.EMA_FILE: self.ema.state_dict()}
+            state = {"step": self.step, "optimizer": self.opt.optimizer.state_dict(),
+                     "scheduler": self.sched.scheduler.state_dict(), "elapsed_s": self.elapsed(),
+                     "finished": finished}
+            io.save_checkpoint(self.out, self.step, weights, state, keep=self.cfg.train.keep_checkpoints)
+        self.acc.wait_for_everyone()
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+    def train_step(self) -> float:
+        t = self.cfg.train
+        seed = (t.seed * SEED_STRIDE + self.step) * self.acc.num_processes + self.acc.process_index
+        generator = torch.Generator(device=self.acc.device).manual_seed(seed)
+        total = 0.0
+        for micro in range(t.grad_accum):
+            sync = micro == t.grad_accum - 1
+            with self.acc.no_sync(self.model) if not sync else contextlib.nullcontext():
+                with self.acc.autocast():
+                    loss = self.task.loss(self.model, t.batch_size, generator) / t.grad_accum
+                self.acc.backward(loss)
+            total += loss.item()
+        if t.grad_clip > 0:
+            self.acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        ema_update(self.ema, self.acc.unwrap_model(self.model),
+                   min(t.ema_decay, (1 + self.step) / (EMA_WARMUP + self.step)))
+        return total
+
+    def should_stop(self, deadline: float | None) -> bool:
+        stop = self.step >= self.cfg.train.max_steps or (deadline is not None and time.perf_counter() >= deadline)
+        if self.acc.num_processes > 1:  # every process must stop at the same step
+            flag = broadcast(torch.tensor([float(stop)], device=self.acc.device))
+            stop = bool(flag.item())
+        return stop
+
+    def run(self) -> None:
+        t = self.cfg.train
+        self.t0 = time.perf_counter()
+        deadline = self.t0 + 60 * t.max_minutes if t.max_minutes else None
+        images_per_step = t.batch_size * t.grad_accum * self.acc.num_processes
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not self.progress, desc="train",
+                   unit="step", dynamic_ncols=True)
+        window_loss, window_steps, window_t0 = 0.0, 0, time.perf_counter()
+        self.model.train()
+        while not self.should_stop(deadline):
+            window_loss += self.train_step()
+            window_steps += 1
+            bar.update(1)
+            if self.step % t.log_every == 0 or self.step == t.max_steps:
+                now = time.perf_counter()
+                row = {"step": self.step, "loss": window_loss / window_steps, "lr": self.sched.get_last_lr()[0],
+                       "img_per_s": images_per_step * window_steps / (now - window_t0),
+                       "elapsed_s": round(self.elapsed(), 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
+                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
+                if self.acc.is_main_process:
+                    io.append_metrics(self.out, row)
+                window_loss, window_steps, window_t0 = 0.0, 0, now
+            if self.step % t.checkpoint_every == 0:
+                self.save()
+        bar.close()
+        self.save(finished=True)
+
+
+def train(task: Task, out: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train ``task`` into the run folder ``out``; returns the last checkpoint folder.
+
+    Args:
+        task: supplies the resolved config, the model and the loss.
+        out: run folder; must not hold checkpoints unless ``resume``.
+        resume: continue from the newest checkpoint in ``out`` (exactly: same batches, noise
+            and optimizer state as the uninterrupted run).
+    """
+    out = Path(out)
+    check_train_config(task.config.train)
+    if not resume and io.latest_checkpoint(out) is not None:
+        raise UserError(f"{out} already holds a run with checkpoints: pass --resume to continue it, or choose another --out")
+    trainer = _Trainer(task, out, resume, progress)
+    trainer.run()
+    return io.require_checkpoint(out)
