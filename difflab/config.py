@@ -35,9 +35,9 @@ class ModelConfig:
     """The UNet denoiser (see :class:`difflab.models.unet.UNet`)."""
 
     base_channels: int = 64
-    channel_mult: tuple[int, ...] = (1, 2, 2)
+    channel_mult: tuple[int, ...] = (1, 2)
     num_res_blocks: int = 2
-    attention_levels: tuple[int, ...] = (2,)
+    attention_levels: tuple[int, ...] = (1,)
     num_heads: int = 4
     dropout: float = 0.0
     norm_groups: int = 8
@@ -69,8 +69,8 @@ class TrainConfig:
     grad_accum: int = 1
     ema_decay: float = 0.999
     mixed_precision: str = "no"  # no | bf16 | fp16
-    max_steps: int = 10000
-    max_minutes: float | None = None  # wall-clock budget of the training loop
+    max_steps: int = 4000
+    max_minutes: float | None = 6.0  # wall-clock budget of the training loop
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 25

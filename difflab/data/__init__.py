@@ -1,0 +1,59 @@
+"""Image datasets, loaded whole into memory as uint8 ``(N, C, H, W)`` tensors.
+
+``load_dataset(name, ...)`` is the one entry point; see :mod:`difflab.data.images` for the
+:class:`~difflab.data.images.ImageDataset` it returns and the pixel conversions.
+"""
+
+from __future__ import annotations
+
+from difflab.data.digits import load_digits_dataset
+from difflab.data.idx import load_idx_dataset
+from difflab.data.image_folder import load_image_folder
+from difflab.data.images import ImageDataset
+from difflab.errors import UserError
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "image-folder")
+SPLITS = ("train", "test")
+
+__all__ = ["DATASETS", "ImageDataset", "load_dataset"]
+
+
+def _check(name: str, resolution: int | None, split: str) -> None:
+    """UserError for an unknown dataset or split, or a resolution that is not a positive int."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}: set data.name to one of {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
+        raise UserError(f"data.resolution={resolution!r} is not a positive integer: set it to e.g. 32, or null")
+
+
+def load_dataset(name: str, *, path: str | None = None, resolution: int | None = None,
+                 channels: int | None = None, split: str = "train") -> ImageDataset:
+    """Load a whole image dataset into memory.
+
+    Args:
+        name: one of :data:`DATASETS`:
+            "digits" (scikit-learn's 8x8 digits; fixed seeded 80/20 train/test split; ``path`` ignored),
+            "mnist" / "fashion-mnist" (IDX files under ``path``; fashion-mnist defaults to
+            ``/usr/share/datasets/fashion-mnist``, from ``make data``),
+            "image-folder" (every image under ``path``; classes from sub-folders, captions from
+            metadata.jsonl; it has no held-out part, so "test" gives the same images as "train").
+        path: the dataset's folder; None = its default place.
+        resolution: square side in pixels; None = native (8 digits, 28 MNIST family, 32 image-folder).
+        channels: None = native (1 for digits and the MNIST family, 3 for image-folder); the
+            greyscale sets also give 3 (channel repeated), image-folder also 1 (L) or 4 (RGBA).
+        split: "train" or "test".
+
+    Returns:
+        The :class:`ImageDataset`, images uint8 ``(N, C, resolution, resolution)``.
+
+    Raises:
+        UserError: unknown name or split, bad resolution/channels, missing or corrupt files.
+    """
+    _check(name, resolution, split)
+    if name == "digits":
+        return load_digits_dataset(resolution=resolution, channels=channels, split=split)
+    if name == "image-folder":
+        return load_image_folder(path, resolution=resolution, channels=channels, split=split)
+    return load_idx_dataset(name, path=path, resolution=resolution, channels=channels, split=split)

@@ -1,0 +1,68 @@
+"""Gaussian diffusion samplers: one signature, one denoiser contract, a registry by name.
+
+=============  ============================================================  ==================
+name           method                                                        default grid
+=============  ============================================================  ==================
+``ddpm``       ancestral sampling, Ho et al. 2020, Algorithm 2               trailing
+``ddim``       Song et al. 2021, eq. 12 (option ``eta``)                     trailing
+``dpmpp-2m``   DPM-Solver++(2M), Lu et al. 2022, Algorithm 2                 trailing
+``euler``      Euler on the ODE in sigma, Karras et al. 2022                 karras
+``heun``       Karras et al. 2022, Algorithm 1                               karras
+=============  ============================================================  ==================
+
+Every sampler is ``fn(denoiser, x_T, schedule, timesteps, *, cond, generator, progress,
+**options) -> x_0`` (:class:`~difflab.samplers.common.Sampler`); ``timesteps`` comes from
+:func:`difflab.schedules.step_grid`. :func:`sample` draws x_T and builds the grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from difflab.denoisers import Cond, Denoiser
+from difflab.errors import UserError
+from difflab.samplers.common import Sampler, randn
+from difflab.samplers.ddim import ddim
+from difflab.samplers.ddpm import ddpm
+from difflab.samplers.dpm_solver import dpmpp_2m
+from difflab.samplers.karras import euler, heun
+from difflab.schedules import Schedule, step_grid
+
+SAMPLERS: dict[str, Sampler] = {"ddpm": ddpm, "ddim": ddim, "dpmpp-2m": dpmpp_2m, "euler": euler, "heun": heun}
+DEFAULT_GRID: dict[str, str] = {"ddpm": "trailing", "ddim": "trailing", "dpmpp-2m": "trailing",
+                                "euler": "karras", "heun": "karras"}
+
+__all__ = ["DEFAULT_GRID", "SAMPLERS", "Sampler", "get_sampler", "sample", "ddim", "ddpm", "dpmpp_2m", "euler", "heun"]
+
+
+def get_sampler(name: str) -> Sampler:
+    """The sampler registered as ``name``; a UserError lists the names otherwise."""
+    if name not in SAMPLERS:
+        raise UserError(f"unknown sampler {name!r}: use one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def sample(name: str, denoiser: Denoiser, shape: tuple[int, ...], schedule: Schedule, *, steps: int,
+           grid: str | None = None, cond: Cond | None = None, generator: torch.Generator | None = None,
+           device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+           progress: bool = False, **options: Any) -> Tensor:
+    """Draw x_T ~ N(0, I) with ``generator`` and run the sampler ``name`` over ``steps`` steps.
+
+    Args:
+        shape: (B, ...) of the samples.
+        grid: step grid kind (:data:`difflab.schedules.GRIDS`); None = ``DEFAULT_GRID[name]``.
+        device: where the samples live (default: the generator's device, else the CPU).
+        dtype: the dtype of x_T and of the sampler's arithmetic.
+        options: the sampler's own options (``eta`` for ddim, ``variance`` for ddpm).
+
+    Returns:
+        Samples of clean data (B, ...).
+    """
+    fn = get_sampler(name)
+    timesteps = step_grid(schedule, steps, grid or DEFAULT_GRID[name])
+    device = torch.device(device) if device is not None else generator.device if generator is not None else None
+    x_T = randn(shape, generator, device, dtype)
+    return fn(denoiser, x_T, schedule, timesteps, cond=cond, generator=generator, progress=progress, **options)

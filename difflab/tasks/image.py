@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from difflab import io
 from difflab.config import Config
@@ -132,7 +133,9 @@ def generate(cfg: Config, model: nn.Module, n: int, *, sampler: str | None = Non
     batch_size = batch_size or s.batch_size
     generator = torch.Generator(device=device).manual_seed(seed)
     out = []
-    for start in range(0, n, batch_size):
+    batches = tqdm(range(0, n, batch_size), desc=f"sampling {n} images", unit="batch",
+                   disable=not progress or n <= batch_size, dynamic_ncols=True)
+    for start in batches:
         y = labels[start:start + batch_size].to(device)
         cond = {"labels": y} if K else None
         x = sample(sampler, denoiser, (len(y), C, H, H), schedule, steps=steps, grid=grid, cond=cond,
