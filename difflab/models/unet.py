@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from difflab.errors import UserError
@@ -135,16 +136,19 @@ class UNet(nn.Module):
         num_classes: classes for class conditioning; 0 = none.
         context_dim: D of the cross-attention context; 0 = no cross-attention.
         norm_groups: GroupNorm groups; must divide every level width.
+        patch_size: space-to-depth factor p: the network runs on (C p^2, H/p, W/p) via pixel
+            unshuffle and shuffles back at the end (p^2 times fewer positions; cheap on CPUs).
     """
 
     def __init__(self, *, in_channels: int, out_channels: int | None = None, base_channels: int = 64,
                  channel_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 2,
                  attention_levels: Sequence[int] = (2,), num_heads: int = 4, dropout: float = 0.0,
-                 num_classes: int = 0, context_dim: int = 0, norm_groups: int = 8) -> None:
+                 num_classes: int = 0, context_dim: int = 0, norm_groups: int = 8, patch_size: int = 1) -> None:
         super().__init__()
         widths = [base_channels * m for m in channel_mult]
         _check_config(in_channels, widths, attention_levels, norm_groups, num_classes, context_dim)
         self.in_channels, self.out_channels = in_channels, out_channels or in_channels
+        self.patch_size = patch_size
         self.levels, self.num_classes, self.context_dim = len(widths), num_classes, context_dim
         embed_dim = TIME_EMBED_MULT * base_channels
         res = partial(ResBlock, embed_dim=embed_dim, dropout=dropout, norm_groups=norm_groups)
@@ -154,13 +158,14 @@ class UNet(nn.Module):
         self.time_embed = TimestepEmbedding(base_channels, embed_dim)
         self.class_embed = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None  # row K = null
         self.null_context = nn.Parameter(torch.zeros(context_dim)) if context_dim else None  # (D,)
-        self.conv_in = nn.Conv2d(in_channels, widths[0], KERNEL, padding=PAD)
+        self.conv_in = nn.Conv2d(in_channels * patch_size ** 2, widths[0], KERNEL, padding=PAD)
         self.down, skips = build.down(widths)
         mid = widths[-1]
         self.middle = _Stage([res(mid, mid), *attn(mid), res(mid, mid)])
         self.up = build.up(widths, skips)
         self.out = nn.Sequential(nn.GroupNorm(norm_groups, widths[0]), nn.SiLU(),
-                                 zero_init(nn.Conv2d(widths[0], self.out_channels, KERNEL, padding=PAD)))
+                                 zero_init(nn.Conv2d(widths[0], self.out_channels * patch_size ** 2, KERNEL,
+                                                     padding=PAD)))
 
     def _attention(self, channels: int, *, num_heads: int, norm_groups: int) -> list[nn.Module]:
         """Self-attention, then cross-attention when the model has a context."""
@@ -210,10 +215,11 @@ class UNet(nn.Module):
         B, C, H, W = x.shape
         if C != self.in_channels:
             raise ValueError(f"UNet built for {self.in_channels} channels got input with {C}")
-        factor = RESAMPLE_FACTOR ** (self.levels - 1)
+        factor = self.patch_size * RESAMPLE_FACTOR ** (self.levels - 1)
         if H % factor or W % factor:
-            raise UserError(f"image size {H}x{W} is not divisible by {factor} (2**(levels-1) for channel_mult of "
-                            f"length {self.levels}): use data.resolution divisible by {factor} or fewer levels")
+            raise UserError(f"image size {H}x{W} is not divisible by {factor} (patch_size x 2**(levels-1) for "
+                            f"channel_mult of length {self.levels}): use data.resolution divisible by {factor}, "
+                            "fewer levels or a smaller model.patch_size")
         t = t.expand(B) if t.ndim == 0 else t
         if t.shape != (B,):
             raise ValueError(f"t must have shape (B,) = ({B},), got {tuple(t.shape)}")
@@ -243,7 +249,7 @@ class UNet(nn.Module):
         if class_emb is not None:
             emb = emb + class_emb.to(emb.dtype)  # (B, D)
         context, context_mask = self._context(context, context_mask, drop)  # (B, L, D_ctx), (B, L)
-        h = self.conv_in(x)  # (B, C_0, H, W)
+        h = self.conv_in(F.pixel_unshuffle(x, self.patch_size))  # (B, C_0, H/p, W/p)
         hs = [h]
         for stage in self.down:
             h = stage(h, emb, context, context_mask)  # (B, C_l, H_l, W_l)
@@ -251,4 +257,4 @@ class UNet(nn.Module):
         h = self.middle(h, emb, context, context_mask)  # (B, C_mid, H_mid, W_mid)
         for stage in self.up:
             h = stage(torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)  # (B, C_l, H_l, W_l)
-        return self.out(h)  # (B, C_out, H, W)
+        return F.pixel_shuffle(self.out(h), self.patch_size)  # (B, C_out, H, W)

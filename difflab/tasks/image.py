@@ -32,7 +32,8 @@ def build_unet(cfg: Config, channels: int) -> UNet:
     m = cfg.model
     return UNet(in_channels=channels, base_channels=m.base_channels, channel_mult=m.channel_mult,
                 num_res_blocks=m.num_res_blocks, attention_levels=m.attention_levels, num_heads=m.num_heads,
-                dropout=m.dropout, num_classes=m.num_classes, norm_groups=m.norm_groups)
+                dropout=m.dropout, num_classes=m.num_classes, norm_groups=m.norm_groups,
+                patch_size=m.patch_size)
 
 
 def image_channels(cfg: Config) -> int:
