@@ -27,7 +27,7 @@ data:
 	else sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; fi
 
 bench: $(STAMP) data
-	$(PY) bench/fashion_vs_diffusers.py
+	$(PY) bench/fashion_vs_diffusers.py --minutes 10 --n 2000 --table full --n-table 500
 
 clean:
 	rm -rf runs .pytest_cache

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import torch  # noqa: E402
 
 from difflab import io  # noqa: E402
+from difflab.config import load_config  # noqa: E402
 from difflab.evaluate.fid import compute_fid  # noqa: E402
 from difflab.evaluate.features import get_feature_extractor  # noqa: E402
 from difflab.tasks.image import generate, load_image_model  # noqa: E402
@@ -38,7 +39,7 @@ from difflab.tasks.image import generate, load_image_model  # noqa: E402
 TABLE = {
     "short": [("dpmpp-2m", 10, {}), ("dpmpp-2m", 20, {}), ("ddim", 20, {"eta": 0.0}), ("ddim", 20, {"eta": 1.0}),
               ("ddpm", 1000, {})],
-    "full": [("ddpm", 1000, {}), ("ddpm", 1000, {"variance": "beta"}),
+    "full": [("ddpm", 1000, {}),
              ("ddim", 10, {"eta": 0.0}), ("ddim", 10, {"eta": 1.0}), ("ddim", 20, {"eta": 0.0}),
              ("ddim", 20, {"eta": 1.0}), ("ddim", 50, {"eta": 0.0}), ("ddim", 50, {"eta": 1.0}),
              ("dpmpp-2m", 5, {}), ("dpmpp-2m", 10, {}), ("dpmpp-2m", 20, {}),
@@ -64,8 +65,9 @@ def train_difflab(out: Path, minutes: float, config: str, overrides: list[str]) 
          "--max-steps", "1000000", "--set", *overrides])
     rows = io.read_metrics(out)
     state = io.load_state(io.latest_checkpoint(out))
+    batch = load_config(out / io.CONFIG_FILE).train.batch_size
     return {"steps": state["step"], "train_seconds": state["elapsed_s"],
-            "img_per_s": rows[-1]["img_per_s"], "peak_rss_mb": max(r["peak_rss_mb"] for r in rows)}
+            "img_per_s": state["step"] * batch / state["elapsed_s"], "peak_rss_mb": max(r["peak_rss_mb"] for r in rows)}
 
 
 def sample_difflab(out: Path, n: int, sampler: str, steps: int, **options) -> tuple[float, float]:
@@ -81,6 +83,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--table", choices=sorted(TABLE), default="full")
+    p.add_argument("--n-table", type=int, help="samples per row of the sampler table (default --n)")
     p.add_argument("--config", default="configs/fashion_mnist.yaml")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--skip-peer", action="store_true")
@@ -90,7 +93,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     get_feature_extractor("fashion-mnist")  # trained once and cached, outside every timed phase
     res = {"date": date, "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
-           "torch": torch.__version__, "n": args.n, "minutes": args.minutes, "config": args.config}
+           "torch": torch.__version__, "n": args.n, "n_table": args.n_table or args.n, "minutes": args.minutes, "config": args.config}
     res["difflab_train"] = train_difflab(work / "difflab", args.minutes, args.config,
                                          ["data.class_conditional=false"])
     res["difflab_fid"], res["difflab_sample_s"] = sample_difflab(work / "difflab", args.n, "dpmpp-2m", 20)
@@ -105,7 +108,7 @@ def main() -> None:
         res["peer_sample_s"] = peer["sample_seconds"]
     res["table"] = []
     for sampler, steps, options in TABLE[args.table]:
-        fid, seconds = sample_difflab(work / "difflab", args.n, sampler, steps, **options)
+        fid, seconds = sample_difflab(work / "difflab", args.n_table or args.n, sampler, steps, **options)
         res["table"].append({"sampler": sampler, "steps": steps, **options, "fid": fid, "seconds": seconds})
         print(json.dumps(res["table"][-1]), flush=True)
     (args.out / f"fashion-{date}.json").write_text(json.dumps(res, indent=1))

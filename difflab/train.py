@@ -168,6 +168,15 @@ class _Trainer:
             stop = bool(flag.item())
         return stop
 
+    def log(self, bar: tqdm, loss: float, images: int, since: float) -> None:
+        """Append a row to metrics.jsonl and show loss and images/s on the bar."""
+        row = {"step": self.step, "loss": loss, "lr": self.sched.get_last_lr()[0],
+               "img_per_s": images / (time.perf_counter() - since),
+               "elapsed_s": round(self.elapsed(), 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{row['img_per_s']:.0f}")
+        if self.acc.is_main_process:
+            io.append_metrics(self.out, row)
+
     def run(self) -> None:
         t = self.cfg.train
         self.t0 = time.perf_counter()
@@ -181,17 +190,13 @@ class _Trainer:
             window_loss += self.train_step()
             window_steps += 1
             bar.update(1)
-            if self.step % t.log_every == 0 or self.step == t.max_steps:
-                now = time.perf_counter()
-                row = {"step": self.step, "loss": window_loss / window_steps, "lr": self.sched.get_last_lr()[0],
-                       "img_per_s": images_per_step * window_steps / (now - window_t0),
-                       "elapsed_s": round(self.elapsed(), 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
-                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
-                if self.acc.is_main_process:
-                    io.append_metrics(self.out, row)
-                window_loss, window_steps, window_t0 = 0.0, 0, now
+            if self.step % t.log_every == 0:
+                self.log(bar, window_loss / window_steps, images_per_step * window_steps, window_t0)
+                window_loss, window_steps, window_t0 = 0.0, 0, time.perf_counter()
             if self.step % t.checkpoint_every == 0:
                 self.save()
+        if window_steps:
+            self.log(bar, window_loss / window_steps, images_per_step * window_steps, window_t0)
         bar.close()
         self.save(finished=True)
 

@@ -23,7 +23,7 @@ from difflab.denoisers import NetworkDenoiser, classifier_free_guidance
 from difflab.errors import UserError
 from difflab.losses import diffusion_loss
 from difflab.models.unet import UNet
-from difflab.samplers import SAMPLERS, sample
+from difflab.samplers import get_sampler, sample
 from difflab.schedules import Schedule, make_schedule
 
 
@@ -111,8 +111,7 @@ def generate(cfg: Config, model: nn.Module, n: int, *, sampler: str | None = Non
     """
     s = cfg.sample
     sampler = sampler or s.sampler
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+    get_sampler(sampler)  # a one-line error for an unknown name, before any work
     steps = s.steps if steps is None else steps
     if n < 1:
         raise UserError(f"number of samples must be positive, got {n}: pass --n 1 or more")
