@@ -12,9 +12,6 @@ from pathlib import Path
 
 from difflab.errors import UserError
 
-DEMO_CONFIG = "digits"  # the built-in default config of `difflab demo`
-DEMO_SAMPLES = 1000  # samples for the demo's FID (digits has 1,437 training images)
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors and exit status 2."""
@@ -211,7 +208,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                        description="Train a class-conditional model on scikit-learn's 8x8 digits (or reuse it), "
                                    "write a grid with one row per class, and print its FID.")
     p.add_argument("--out", default="runs/demo", help="run folder (reused when it holds a finished run)")
-    p.add_argument("--config", default=None, help="config (default configs/digits.yaml's built-in twin)")
+    p.add_argument("--config", default=None, help="YAML config (default: the built-in default, spelled out in configs/digits.yaml)")
     p.set_defaults(func=cmd_demo)
 
 
