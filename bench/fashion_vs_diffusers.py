@@ -34,19 +34,7 @@ from difflab.config import load_config  # noqa: E402
 from difflab.evaluate.fid import compute_fid  # noqa: E402
 from difflab.evaluate.features import get_feature_extractor  # noqa: E402
 from difflab.tasks.image import generate, load_image_model  # noqa: E402
-
-# (sampler, steps, options): the lecture's question of why sampling adds noise is ddim eta 0 vs 1
-TABLE = {
-    "short": [("dpmpp-2m", 10, {}), ("dpmpp-2m", 20, {}), ("ddim", 20, {"eta": 0.0}), ("ddim", 20, {"eta": 1.0}),
-              ("ddpm", 1000, {})],
-    "full": [("ddpm", 1000, {}),
-             ("ddim", 10, {"eta": 0.0}), ("ddim", 10, {"eta": 1.0}), ("ddim", 20, {"eta": 0.0}),
-             ("ddim", 20, {"eta": 1.0}), ("ddim", 50, {"eta": 0.0}), ("ddim", 50, {"eta": 1.0}),
-             ("dpmpp-2m", 5, {}), ("dpmpp-2m", 10, {}), ("dpmpp-2m", 20, {}),
-             ("euler", 20, {}), ("heun", 10, {}), ("heun", 20, {})],
-    "none": [],
-}
-
+from sampler_table import TABLES, sampler_table  # noqa: E402
 
 def run(cmd: list[str]) -> str:
     print("$", " ".join(cmd), flush=True)
@@ -82,7 +70,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--n", type=int, default=2000)
-    p.add_argument("--table", choices=sorted(TABLE), default="full")
+    p.add_argument("--table", choices=sorted(TABLES), default="full")
     p.add_argument("--n-table", type=int, help="samples per row of the sampler table (default --n)")
     p.add_argument("--config", default="configs/fashion_mnist.yaml")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -106,11 +94,7 @@ def main() -> None:
         import numpy as np
         res["peer_fid"] = fid_of(np.load(peer_dir / f"samples-{args.n}-20.npz")["images"])
         res["peer_sample_s"] = peer["sample_seconds"]
-    res["table"] = []
-    for sampler, steps, options in TABLE[args.table]:
-        fid, seconds = sample_difflab(work / "difflab", args.n_table or args.n, sampler, steps, **options)
-        res["table"].append({"sampler": sampler, "steps": steps, **options, "fid": fid, "seconds": seconds})
-        print(json.dumps(res["table"][-1]), flush=True)
+    res["table"] = sampler_table(work / "difflab", "fashion-mnist", args.n_table or args.n, TABLES[args.table])
     (args.out / f"fashion-{date}.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
 

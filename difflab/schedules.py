@@ -32,7 +32,7 @@ from difflab.errors import UserError
 
 CLEAN_T = -1.0  # the time of clean data: alpha_bar = 1, sigma = 0
 SCHEDULES = ("linear", "cosine")
-GRIDS = ("trailing", "leading", "linspace", "karras")
+GRIDS = ("trailing", "leading", "linspace", "karras", "logsnr", "uniform")
 COSINE_S = 0.008  # Nichol & Dhariwal 2021, eq. 17 offset
 COSINE_MAX_BETA = 0.999  # Nichol & Dhariwal 2021: betas clipped to avoid a singularity at t = T
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5
@@ -191,7 +191,9 @@ def step_grid(schedule: Schedule, steps: int, kind: str = "trailing") -> Tensor:
     ``CLEAN_T``. Kinds (names as in diffusers' ``timestep_spacing``, Lin et al. 2023, Table 2):
     ``trailing`` (starts at T-1), ``leading`` (k * T//steps), ``linspace``
     (round(linspace(0, T-1, steps+1)) without 0), ``karras`` (Karras et al. 2022, eq. 5,
-    fractional t).
+    fractional t). Two more that, like ``karras``, run from T-1 down to 0 so the last jump to
+    clean data starts from the least noise: ``uniform`` (evenly spaced in t) and ``logsnr``
+    (evenly spaced in lambda = log-SNR, Lu et al. 2022, DPM-Solver, section 3.3).
     """
     T = schedule.T
     if steps < 1:
@@ -207,4 +209,10 @@ def step_grid(schedule: Schedule, steps: int, kind: str = "trailing") -> Tensor:
     if kind == "karras":
         sigmas = karras_sigmas(schedule.sigma_min, schedule.sigma_max, steps)
         return schedule.t_from_sigma(sigmas)
+    if kind == "uniform":
+        return torch.linspace(T - 1, 0, steps, dtype=torch.float64)
+    if kind == "logsnr":  # sigma = exp(-lambda / 2): evenly spaced lambda = evenly spaced log sigma
+        log_sigma = torch.linspace(math.log(schedule.sigma_max), math.log(schedule.sigma_min), steps,
+                                   dtype=torch.float64)
+        return schedule.t_from_sigma(log_sigma.exp())
     raise UserError(f"unknown step grid {kind!r}: use one of {', '.join(GRIDS)}")

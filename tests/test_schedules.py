@@ -208,6 +208,19 @@ def test_karras_grid_matches_diffusers_sigmas(steps):
     torch.testing.assert_close(schedule.sigma_at(grid), scheduler.sigmas[:-1].double(), rtol=2e-4, atol=0)
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+@pytest.mark.parametrize("kind", ["logsnr", "uniform"])
+def test_logsnr_and_uniform_grids_span_T_to_0_evenly(name, kind):
+    """``logsnr``: evenly spaced in lambda (DPM-Solver's choice); ``uniform``: evenly spaced in t."""
+    schedule = make_schedule(name, 1000)
+    grid = step_grid(schedule, 10, kind)
+    assert grid.dtype == F64 and len(grid) == 10
+    torch.testing.assert_close(grid[[0, -1]], torch.tensor([999.0, 0.0], dtype=F64), atol=1e-6, rtol=0)
+    spaced = schedule.log_snr_at(grid) if kind == "logsnr" else grid
+    gaps = spaced.diff()
+    torch.testing.assert_close(gaps, gaps.mean().expand_as(gaps), rtol=1e-6, atol=0)
+
+
 def test_bad_names_and_step_counts_are_user_errors():
     with pytest.raises(UserError, match="unknown noise schedule 'cosin'"):
         make_schedule("cosin")
