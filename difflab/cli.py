@@ -92,7 +92,8 @@ def _is_main_process() -> bool:
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", help="ddpm | ddim | dpmpp-2m | euler | heun (default: the run's sample.sampler)")
     p.add_argument("--steps", type=_positive(int), help="number of sampling steps")
-    p.add_argument("--grid", help="step grid: trailing | leading | linspace | karras")
+    p.add_argument("--grid", help="step grid: trailing | leading | linspace | karras | edm | uniform | logsnr "
+                                  "(default: the sampler's own; dpmpp-2m: karras)")
     p.add_argument("--eta", type=float, help="ddim: 0 = deterministic, 1 = DDPM-like noise")
     p.add_argument("--variance", help="ddpm: beta_tilde | beta")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")

@@ -84,7 +84,7 @@ class SampleConfig:
 
     sampler: str = "dpmpp-2m"  # ddpm | ddim | dpmpp-2m | euler | heun
     steps: int = 20
-    grid: str | None = None  # trailing | leading | linspace | karras; None = the sampler's default
+    grid: str | None = None  # trailing | leading | linspace | karras | edm | uniform | logsnr; None = sampler's
     eta: float = 0.0  # ddim only
     variance: str = "beta_tilde"  # ddpm only: beta_tilde | beta
     guidance: float = 1.0  # classifier-free guidance scale; 1 = plain conditional model

@@ -32,10 +32,11 @@ from difflab.errors import UserError
 
 CLEAN_T = -1.0  # the time of clean data: alpha_bar = 1, sigma = 0
 SCHEDULES = ("linear", "cosine")
-GRIDS = ("trailing", "leading", "linspace", "karras", "logsnr", "uniform")
+GRIDS = ("trailing", "leading", "linspace", "karras", "edm", "logsnr", "uniform")
 COSINE_S = 0.008  # Nichol & Dhariwal 2021, eq. 17 offset
 COSINE_MAX_BETA = 0.999  # Nichol & Dhariwal 2021: betas clipped to avoid a singularity at t = T
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5
+EDM_SIGMA_MAX = 80.0  # Karras et al. 2022, Table 1: sigma_max of every sampler there, VP included
 
 
 def linear_betas(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
@@ -191,9 +192,11 @@ def step_grid(schedule: Schedule, steps: int, kind: str = "trailing") -> Tensor:
     ``CLEAN_T``. Kinds (names as in diffusers' ``timestep_spacing``, Lin et al. 2023, Table 2):
     ``trailing`` (starts at T-1), ``leading`` (k * T//steps), ``linspace``
     (round(linspace(0, T-1, steps+1)) without 0), ``karras`` (Karras et al. 2022, eq. 5,
-    fractional t). Two more that, like ``karras``, run from T-1 down to 0 so the last jump to
-    clean data starts from the least noise: ``uniform`` (evenly spaced in t) and ``logsnr``
-    (evenly spaced in lambda = log-SNR, Lu et al. 2022, DPM-Solver, section 3.3).
+    fractional t), ``edm`` (the same with sigma_max capped at EDM's 80: a cosine schedule's
+    sigma_max of ~2e4 would spend most steps where x_t is pure noise). Two more that, like
+    ``karras``, run from T-1 down to 0 so the last jump to clean data starts from the least
+    noise: ``uniform`` (evenly spaced in t) and ``logsnr`` (evenly spaced in lambda = log-SNR,
+    Lu et al. 2022, DPM-Solver, section 3.3).
     """
     T = schedule.T
     if steps < 1:
@@ -208,6 +211,9 @@ def step_grid(schedule: Schedule, steps: int, kind: str = "trailing") -> Tensor:
         return torch.linspace(0, T - 1, steps + 1, dtype=torch.float64).round().flip(0)[:-1]
     if kind == "karras":
         sigmas = karras_sigmas(schedule.sigma_min, schedule.sigma_max, steps)
+        return schedule.t_from_sigma(sigmas)
+    if kind == "edm":
+        sigmas = karras_sigmas(schedule.sigma_min, min(schedule.sigma_max, EDM_SIGMA_MAX), steps)
         return schedule.t_from_sigma(sigmas)
     if kind == "uniform":
         return torch.linspace(T - 1, 0, steps, dtype=torch.float64)

@@ -16,7 +16,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # diffusers must not touch the network
 
 from difflab.denoisers import PREDICTIONS, eps_from_x0, prediction_target, x0_from_prediction  # noqa: E402
 from difflab.errors import UserError  # noqa: E402
-from difflab.schedules import (COSINE_S, CLEAN_T, make_schedule, posterior_coefficients,  # noqa: E402
+from difflab.schedules import (COSINE_S, CLEAN_T, karras_sigmas, make_schedule, posterior_coefficients,  # noqa: E402
                                step_grid)
 
 # diffusers' DPM-Solver calls np.array(tensor, copy=False) under numpy 2: noise, not a finding here
@@ -219,6 +219,16 @@ def test_logsnr_and_uniform_grids_span_T_to_0_evenly(name, kind):
     spaced = schedule.log_snr_at(grid) if kind == "logsnr" else grid
     gaps = spaced.diff()
     torch.testing.assert_close(gaps, gaps.mean().expand_as(gaps), rtol=1e-6, atol=0)
+
+
+def test_edm_grid_caps_sigma_max_at_80():
+    """``edm``: Karras' grid between sigma_min and min(sigma_max, 80) (Karras et al. 2022, Table 1)."""
+    cosine = make_schedule("cosine", 1000)
+    assert cosine.sigma_max > 1e3
+    grid = step_grid(cosine, 10, "edm")
+    torch.testing.assert_close(cosine.sigma_at(grid), karras_sigmas(cosine.sigma_min, 80.0, 10), rtol=1e-9, atol=0)
+    short = make_schedule("linear", 100)  # sigma_max ~ 1.3: nothing to cap
+    assert torch.equal(step_grid(short, 10, "edm"), step_grid(short, 10, "karras"))
 
 
 def test_bad_names_and_step_counts_are_user_errors():

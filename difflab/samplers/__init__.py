@@ -32,7 +32,7 @@ from difflab.samplers.karras import euler, heun
 from difflab.schedules import Schedule, step_grid
 
 SAMPLERS: dict[str, Sampler] = {"ddpm": ddpm, "ddim": ddim, "dpmpp-2m": dpmpp_2m, "euler": euler, "heun": heun}
-DEFAULT_GRID: dict[str, str] = {"ddpm": "trailing", "ddim": "trailing", "dpmpp-2m": "trailing",
+DEFAULT_GRID: dict[str, str] = {"ddpm": "trailing", "ddim": "trailing", "dpmpp-2m": "karras",
                                 "euler": "karras", "heun": "karras"}
 
 __all__ = ["DEFAULT_GRID", "SAMPLERS", "Sampler", "get_sampler", "sample", "ddim", "ddpm", "dpmpp_2m", "euler", "heun"]
