@@ -90,7 +90,7 @@ def _is_main_process() -> bool:
 
 # -- sample ------------------------------------------------------------------------------------
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sampler", help="ddpm | ddim | dpmpp-2m | euler | heun (default: the run's sample.sampler)")
+    p.add_argument("--sampler", help="ddpm | ddim | dpmpp-2m | dpmpp-3m | euler | heun (default: the run's sample.sampler)")
     p.add_argument("--steps", type=_positive(int), help="number of sampling steps")
     p.add_argument("--grid", help="step grid: trailing | leading | linspace | karras | edm | uniform | logsnr "
                                   "(default: the sampler's own; dpmpp-2m: karras)")

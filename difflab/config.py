@@ -82,7 +82,7 @@ class TrainConfig:
 class SampleConfig:
     """Defaults of ``difflab sample`` (each has a command-line flag)."""
 
-    sampler: str = "dpmpp-2m"  # ddpm | ddim | dpmpp-2m | euler | heun
+    sampler: str = "dpmpp-2m"  # ddpm | ddim | dpmpp-2m | dpmpp-3m | euler | heun
     steps: int = 20
     grid: str | None = None  # trailing | leading | linspace | karras | edm | uniform | logsnr; None = sampler's
     eta: float = 0.0  # ddim only

@@ -27,15 +27,17 @@ from difflab.errors import UserError
 from difflab.samplers.common import Sampler, randn
 from difflab.samplers.ddim import ddim
 from difflab.samplers.ddpm import ddpm
-from difflab.samplers.dpm_solver import dpmpp_2m
+from difflab.samplers.dpm_solver import dpmpp_2m, dpmpp_3m
 from difflab.samplers.karras import euler, heun
 from difflab.schedules import Schedule, step_grid
 
-SAMPLERS: dict[str, Sampler] = {"ddpm": ddpm, "ddim": ddim, "dpmpp-2m": dpmpp_2m, "euler": euler, "heun": heun}
-DEFAULT_GRID: dict[str, str] = {"ddpm": "trailing", "ddim": "trailing", "dpmpp-2m": "karras",
+SAMPLERS: dict[str, Sampler] = {"ddpm": ddpm, "ddim": ddim, "dpmpp-2m": dpmpp_2m, "dpmpp-3m": dpmpp_3m,
+                               "euler": euler, "heun": heun}
+DEFAULT_GRID: dict[str, str] = {"ddpm": "trailing", "ddim": "trailing", "dpmpp-2m": "karras", "dpmpp-3m": "karras",
                                 "euler": "karras", "heun": "karras"}
 
-__all__ = ["DEFAULT_GRID", "SAMPLERS", "Sampler", "get_sampler", "sample", "ddim", "ddpm", "dpmpp_2m", "euler", "heun"]
+__all__ = ["DEFAULT_GRID", "SAMPLERS", "Sampler", "get_sampler", "sample", "ddim", "ddpm", "dpmpp_2m", "dpmpp_3m",
+           "euler", "heun"]
 
 
 def get_sampler(name: str) -> Sampler:

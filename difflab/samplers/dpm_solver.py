@@ -1,4 +1,4 @@
-"""DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
+"""DPM-Solver++(2M) and (3M) (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
 Diffusion Probabilistic Models", arXiv 2211.01095).
 
 Notation (VP form, as in the paper): alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t),
@@ -9,6 +9,9 @@ The data-prediction ODE, its linear part solved exactly (variation of constants)
 
 with D_i = x0_hat (1st order) or the multistep estimate
 D_i = (1 + 1/(2 r_i)) x0_hat_{i-1} - 1/(2 r_i) x0_hat_{i-2}, r_i = h_{i-1} / h_i (Algorithm 2).
+The 3rd-order step adds the first and second divided differences of x0_hat over lambda
+(D1, D2) with the exact integrals of their Taylor terms: alpha_t ((e^{-h} - 1)/h + 1) D1
+and -alpha_t ((e^{-h} - 1 + h)/h^2 - 1/2) D2.
 """
 
 from __future__ import annotations
@@ -39,21 +42,65 @@ def dpmpp_2m(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, timesteps: Ten
         Samples of clean data, shaped like ``x_T``.
     """
     take_options("dpmpp-2m", options)
+    return _multistep(denoiser, x_T, schedule, timesteps, cond, progress, order=2, name="dpmpp-2m")
+
+
+def dpmpp_3m(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, timesteps: Tensor, *,
+             cond: Cond | None = None, generator: torch.Generator | None = None,
+             progress: bool = False, **options: Any) -> Tensor:
+    """DPM-Solver++(3M): Lu et al. 2022, the 3rd-order multistep data-prediction solver (sec. 4-5,
+    App. B: the multistep form of DPM-Solver-3 with two previous x0_hat).
+
+    Warm-up as in diffusers' ``DPMSolverMultistepScheduler(solver_order=3)``: steps 1 and 2 are
+    1st and 2nd order; the last step (to clean data) is 1st order; with fewer than
+    ``LOWER_ORDER_FINAL_BELOW`` steps the one before it is 2nd order (``lower_order_final``, which
+    stabilises few-step sampling). Deterministic: ``generator`` is unused. No options.
+
+    Returns:
+        Samples of clean data, shaped like ``x_T``.
+    """
+    take_options("dpmpp-3m", options)
+    return _multistep(denoiser, x_T, schedule, timesteps, cond, progress, order=3, name="dpmpp-3m")
+
+
+LOWER_ORDER_FINAL_BELOW = 15  # diffusers' lower_order_final threshold on the number of steps
+
+
+def _step_order(i: int, n: int, order: int) -> int:
+    """Order of step i of n: limited by the history (i previous x0_hat) and lowered at the end."""
+    if i == n - 1:
+        return 1
+    if i == n - 2 and n < LOWER_ORDER_FINAL_BELOW:
+        order = min(order, 2)
+    return min(order, i + 1)
+
+
+def _multistep(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, timesteps: Tensor, cond: Cond | None,
+               progress: bool, order: int, name: str) -> Tensor:
+    """DPM-Solver++ multistep of the given order (2 or 3); see :func:`dpmpp_2m` for the update."""
     times = with_clean(check_timesteps(schedule, timesteps))
     alpha_bar = schedule.alpha_bar_at(times)  # (N + 1,) float64, last = 1
     alpha, sigma = alpha_bar.sqrt().tolist(), (1 - alpha_bar).sqrt().tolist()
     lam = (0.5 * schedule.log_snr_at(times)).tolist()  # lambda_t, +inf at the end
     t = times.tolist()
     n = len(t) - 1
-    x, x0_prev = x_T, None
-    for i in steps_bar(n, "dpmpp-2m", progress):
+    x, history = x_T, []  # history: previous x0_hat, newest last
+    for i in steps_bar(n, name, progress):
         x0_hat = denoiser(x, time_batch(t[i], x), cond)
         h = lam[i + 1] - lam[i]
-        if x0_prev is None or i == n - 1:
-            D = x0_hat
-        else:
-            r = (lam[i] - lam[i - 1]) / h
-            D = (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * x0_prev
-        x = (sigma[i + 1] / sigma[i]) * x - (alpha[i + 1] * math.expm1(-h)) * D
-        x0_prev = x0_hat
+        k = _step_order(i, n, order)
+        phi_1 = math.expm1(-h)  # e^{-h} - 1
+        x = (sigma[i + 1] / sigma[i]) * x - (alpha[i + 1] * phi_1) * x0_hat
+        if k >= 2:
+            r0 = (lam[i] - lam[i - 1]) / h
+            D1_0 = (x0_hat - history[-1]) / r0
+            if k == 2:
+                x = x - (0.5 * alpha[i + 1] * phi_1) * D1_0
+            else:
+                r1 = (lam[i - 1] - lam[i - 2]) / h
+                D1_1 = (history[-1] - history[-2]) / r1
+                D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)
+                D2 = (D1_0 - D1_1) / (r0 + r1)
+                x = x + (alpha[i + 1] * (phi_1 / h + 1)) * D1 - (alpha[i + 1] * ((phi_1 + h) / h ** 2 - 0.5)) * D2
+        history = (history + [x0_hat])[-2:]
     return x
