@@ -1,4 +1,4 @@
-"""Command line: ``difflab train | sample | fid | features | demo``.
+"""Command line: ``difflab train | sample | fid | eval | features | demo``.
 
 Bad input ends with one line ``error: <problem>: <fix>`` on stderr and exit status 2.
 """
@@ -184,6 +184,36 @@ def cmd_fid(args: argparse.Namespace) -> None:
     print(f"FID {fid:.3f} ({len(images)} samples vs {data})")
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="FID, KID, precision, recall, density, coverage of a run",
+                       description="Sample --n images from a run's newest checkpoint and measure FID, KID, "
+                                   "precision, recall, density and coverage against the dataset's train images, "
+                                   "in the feature space of difflab's per-dataset classifier; prints a table and "
+                                   "updates RUN/metrics.json (other keys in it are kept).")
+    p.add_argument("run", help="run folder written by `difflab train`")
+    p.add_argument("--data", help="reference dataset (default: the run's data.name)")
+    p.add_argument("--data-path", help="folder of the reference dataset")
+    p.add_argument("--n", type=_positive(int), default=2000, help="samples to generate (compare FID only at equal n)")
+    p.add_argument("--features", "--weights", dest="features",
+                   help="feature-extractor weights (.safetensors with its .json) instead of the built-in")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_sampling_flags(p)
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from difflab.evaluate.run_eval import EVAL_FILE, evaluate_run, format_table
+
+    m = evaluate_run(args.run, data=args.data, data_path=args.data_path, n=args.n, seed=args.seed,
+                     sampler=args.sampler, steps=args.steps, weights=args.features, device=_device(args.device),
+                     batch_size=args.batch_size, progress=not args.no_progress, grid=args.grid, eta=args.eta,
+                     variance=args.variance, guidance=args.guidance)
+    print(f"{m['n']} samples ({m['sampler']}, {m['steps']} steps, seed {m['seed']}, checkpoint step "
+          f"{m['checkpoint_step']}) vs {m['data']} ({m['real_n']} real images; FID vs {m['fid_real_n']})")
+    print(format_table(m))
+    print(f"wrote {Path(args.run) / EVAL_FILE}")
+
+
 def _add_features(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("features", help="the feature extractors behind FID")
     fsub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -223,7 +253,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="difflab", description="Train, sample and evaluate diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_train, _add_sample, _add_fid, _add_features, _add_demo):
+    for add in (_add_train, _add_sample, _add_fid, _add_eval, _add_features, _add_demo):
         add(sub)
     return parser
 

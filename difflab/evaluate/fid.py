@@ -103,7 +103,7 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
 
 
 # -- images --------------------------------------------------------------------------------------
-def _to_nchw(images: Tensor | np.ndarray) -> Tensor:
+def to_nchw(images: Tensor | np.ndarray) -> Tensor:
     """uint8 images (N, C, H, W) or (N, H, W, C) as a tensor (N, C, H, W)."""
     x = torch.as_tensor(images)
     if x.ndim != 4 or x.dtype != torch.uint8:
@@ -124,8 +124,8 @@ def _digest(*chunks: bytes | str) -> str:
     return h.hexdigest()[:HASH_CHARS]
 
 
-def _subset(images: np.ndarray, num: int | None) -> np.ndarray:
-    """A fixed random subset of ``num`` images (in dataset order), or all of them."""
+def fixed_subset(images: np.ndarray, num: int | None) -> np.ndarray:
+    """A fixed random subset (:data:`SUBSET_SEED`) of ``num`` images (in dataset order), or all of them."""
     if num is None or num >= len(images):
         return images
     if num < 2:
@@ -147,7 +147,7 @@ def real_statistics(net: FeatureNet, data: str, *, data_path: str | None = None,
                     batch_size: int = EVAL_BATCH, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of a dataset's features under ``net``, cached in ``cache_dir("fid_stats")``."""
     ds = load_dataset(data, path=data_path, resolution=resolution, channels=channels, split=split)
-    images = np.ascontiguousarray(_subset(np.asarray(ds.images), num_real))  # (N, C, H, W)
+    images = np.ascontiguousarray(fixed_subset(np.asarray(ds.images), num_real))  # (N, C, H, W)
     N, C, H, W = images.shape
     key = (f"{data}-{split}-{H}x{W}-c{C}-n{N}-data{_digest(images.tobytes())}"
            f"-feat{_digest(weights_fingerprint(net))}.npz")
@@ -158,6 +158,18 @@ def real_statistics(net: FeatureNet, data: str, *, data_path: str | None = None,
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, mu=mu, sigma=sigma, num_images=N)
     return mu, sigma
+
+
+def extractor_for(channels: int, *, data: str, data_path: str | None = None, resolution: int | None = None,
+                  extractor: FeatureNet | None = None, weights: str | Path | None = None) -> FeatureNet:
+    """``extractor``, else the one in ``weights``, else the dataset's cached one, checked to take
+    ``channels``-channel images (a UserError naming the fix when it does not)."""
+    net = extractor if extractor is not None else get_feature_extractor(
+        data, data_path=data_path, resolution=resolution, channels=channels, weights=weights)
+    if net.config.in_channels != channels:
+        raise UserError(f"the feature extractor takes {net.config.in_channels}-channel images but the "
+                        f"samples have {channels}: pass a matching --features WEIGHTS")
+    return net
 
 
 def compute_fid(fake_uint8: Tensor | np.ndarray, *, data: str, data_path: str | None = None,
@@ -185,15 +197,12 @@ def compute_fid(fake_uint8: Tensor | np.ndarray, *, data: str, data_path: str | 
     Returns:
         The Frechet distance between the Gaussian fits of real and generated features.
     """
-    fake = _to_nchw(fake_uint8)  # (N, C, H, W)
+    fake = to_nchw(fake_uint8)  # (N, C, H, W)
     if len(fake) < 2:
         raise UserError(f"FID needs at least 2 generated images, got {len(fake)}: pass --n 2 or more")
     C = fake.shape[1]
-    net = extractor if extractor is not None else get_feature_extractor(
-        data, data_path=data_path, resolution=resolution, channels=C, weights=weights)
-    if net.config.in_channels != C:
-        raise UserError(f"the feature extractor takes {net.config.in_channels}-channel images but the "
-                        f"samples have {C}: pass a matching --features WEIGHTS")
+    net = extractor_for(C, data=data, data_path=data_path, resolution=resolution, extractor=extractor,
+                        weights=weights)
     mu_real, sigma_real = real_statistics(net, data, data_path=data_path, resolution=resolution, channels=C,
                                           split=real_split, num_real=num_real, batch_size=batch_size,
                                           progress=progress)
