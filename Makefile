@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test install data clean bench
+.PHONY: demo test install data clean bench browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/difflab demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 # Fashion-MNIST as IDX files under /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist).
@@ -25,6 +25,16 @@ data:
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "Fashion-MNIST already installed"; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	else sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; fi
+
+# Headless Chromium for the browser test of `difflab report` (tests/test_report.py skips without it).
+# Installed when missing, as root or with password-less sudo; otherwise a note. Never fails the build.
+browser:
+	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	else echo "note: chromium is missing and this is not root (no sudo): the report browser test will be skipped"; exit 0; fi; \
+	echo "installing chromium (apt-get) for the report browser test"; \
+	{ $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "note: could not install chromium: the report browser test will be skipped"
 
 bench: $(STAMP) data
 	$(PY) bench/fashion_vs_diffusers.py --minutes 10 --n 2000 --table full --n-table 500

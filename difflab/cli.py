@@ -1,4 +1,4 @@
-"""Command line: ``difflab train | sample | fid | eval | features | demo``.
+"""Command line: ``difflab train | sample | fid | eval | features | demo | report``.
 
 Bad input ends with one line ``error: <problem>: <fix>`` on stderr and exit status 2.
 """
@@ -249,11 +249,35 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), args.config)
 
 
+# -- report ------------------------------------------------------------------------------------
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page about a run",
+                       description="Write RUN/report.html: config, training curves, sample grids per sampler "
+                                   "and step count, the numbers of `difflab eval` and the environment. "
+                                   "Every image is embedded, so it opens offline.")
+    p.add_argument("run", help="run folder written by `difflab train`")
+    p.add_argument("--out", help="HTML file to write (default RUN/report.html)")
+    p.add_argument("--samples", type=_positive(int), help="images per grid row, one row per class (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sample grids")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from difflab.report import write_report
+
+    options = {"samples": args.samples} if args.samples else {}
+    out = write_report(args.run, args.out, seed=args.seed, device=_device(args.device),
+                       progress=not args.no_progress, **options)
+    print(f"wrote {out}")
+
+
 # -- entry point -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="difflab", description="Train, sample and evaluate diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_train, _add_sample, _add_fid, _add_eval, _add_features, _add_demo):
+    for add in (_add_train, _add_sample, _add_fid, _add_eval, _add_features, _add_demo, _add_report):
         add(sub)
     return parser
 
