@@ -20,6 +20,7 @@ from torchmetrics.image.kid import KernelInceptionDistance, poly_mmd
 from difflab import io
 from difflab.cli import main
 from difflab.errors import UserError
+from difflab.evaluate import kid as kid_module
 from difflab.evaluate import prdc as prdc_module
 from difflab.evaluate.features import train_feature_extractor
 from difflab.evaluate.fid import compute_fid
@@ -76,6 +77,17 @@ def test_kid_subset_average_matches_double_loop_and_torchmetrics_poly_mmd():
     assert mean == pytest.approx(loops.mean(), abs=1e-6)
     assert std == pytest.approx(loops.std(), abs=1e-6)  # population std, as torch-fidelity / torchmetrics
     assert kid_standard_error(std, 7) == pytest.approx(std / np.sqrt(7))
+
+
+@pytest.mark.parametrize("way", ["_subset_mmds_each", "_subset_mmds_blocked"])
+def test_both_ways_of_summing_subsets_match_the_double_loop(way: str):
+    """kid_from_features takes whichever is cheaper: one subset at a time, or whole-set kernel blocks."""
+    real, fake = _features(70, 6, seed=0), _features(45, 6, seed=1, shift=0.3)
+    draws = kid_subset_indices(70, 45, subsets=5, subset_size=30, seed=1)
+    expected = [_loop_mmd2(real[i], fake[j]) for i, j in draws]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kid_module, "KERNEL_CHUNK", 16)  # several row blocks, a short last one
+        np.testing.assert_allclose(getattr(kid_module, way)(real, fake, draws), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # torchmetrics warns that it keeps all features

@@ -180,7 +180,9 @@ def format_table(metrics: dict[str, Any]) -> str:
     rows = [f"{'metric':<10} value"]
     for label, key, fmt in _TABLE:
         value = f"{metrics[key]:{fmt}}"
-        if key == "kid":
+        if key == "kid" and metrics["kid_std"] == 0:
+            value += " (every subset holds all the features: no spread to report)"
+        elif key == "kid":
             value += f" +- {metrics['kid_std']:{fmt}} (std over subsets; standard error {metrics['kid_se']:{fmt}})"
         rows.append(f"{label:<10} {value}")
     return "\n".join(rows)
