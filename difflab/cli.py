@@ -197,13 +197,28 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", "--weights", dest="features",
                    help="feature-extractor weights (.safetensors with its .json) instead of the built-in")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--nll", action="store_true",
+                   help="also the variational bound (ELBO) in bits/dim on test images, stored under 'nll'")
+    p.add_argument("--nll-only", action="store_true", help="only the bound: no sampling, no FID")
+    p.add_argument("--nll-n", type=_positive(int), default=500, help="test images for the bound (default 500)")
+    p.add_argument("--nll-strata", type=_non_negative_int, default=50,
+                   help="strata of the unbiased estimate of the sum over t; 0 = the exact sum (T evaluations/image)")
     _add_sampling_flags(p)
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from difflab.evaluate.run_eval import EVAL_FILE, evaluate_run, format_table
+    from difflab.evaluate.run_eval import EVAL_FILE, evaluate_run, evaluate_run_nll, format_table
 
+    if args.nll or args.nll_only:
+        b = evaluate_run_nll(args.run, n=args.nll_n, strata=args.nll_strata or None, variance=args.variance,
+                             seed=args.seed, device=_device(args.device), progress=not args.no_progress)
+        how = "exact sum over t" if b["strata"] is None else f"{b['strata']} strata over t"
+        print(f"NLL bound {b['bpd']:.4f} +- {b['bpd_stderr']:.4f} bits/dim on {b['n']} {b['data']} images "
+              f"({how}, variance {b['variance']}; prior {b['prior_bpd']:.4f}, decoder {b['decoder_bpd']:.4f})")
+        if args.nll_only:
+            print(f"wrote {Path(args.run) / EVAL_FILE}")
+            return
     m = evaluate_run(args.run, data=args.data, data_path=args.data_path, n=args.n, seed=args.seed,
                      sampler=args.sampler, steps=args.steps, weights=args.features, device=_device(args.device),
                      batch_size=args.batch_size, progress=not args.no_progress, grid=args.grid, eta=args.eta,

@@ -246,3 +246,20 @@ def test_eval_bad_input_is_one_line_exit_2(tiny_run, digits_weights, tmp_path, c
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], (case, err)
     with pytest.raises(UserError, match="not valid JSON.*fix or delete it"):
         update_eval_file(corrupt, {"fid": 1.0})
+
+
+def test_eval_nll_only_stores_the_bound_beside_the_sample_metrics(tiny_run, capsys):
+    """`difflab eval --nll-only` adds an 'nll' block (bits/dim on test digits) and keeps what is there."""
+    (tiny_run / EVAL_FILE).write_text(json.dumps({"fid": 1.5}))
+    code = main(["eval", str(tiny_run), "--nll-only", "--nll-n", "8", "--nll-strata", "4", "--no-progress"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    m = json.loads((tiny_run / EVAL_FILE).read_text())
+    assert m["fid"] == 1.5 and m["nll"]["n"] == 8 and m["nll"]["strata"] == 4
+    assert m["nll"]["data"] == "digits (test split)" and m["nll"]["checkpoint_step"] == 3
+    # a bound in bits/dim of 8-bit data: positive and finite; its parts are in it
+    assert 0 < m["nll"]["prior_bpd"] + m["nll"]["decoder_bpd"] < m["nll"]["bpd"] < 64
+    assert len(m["nll"]["t"]) == len(m["nll"]["kl_bpd"]) == 4
+    assert "NLL bound" in out.out and "bits/dim" in out.out
+    assert main(["eval", str(tiny_run), "--nll-only", "--nll-n", "1", "--no-progress"]) == 2
+    assert "at least 2 test images" in capsys.readouterr().err

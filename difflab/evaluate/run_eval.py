@@ -186,3 +186,42 @@ def format_table(metrics: dict[str, Any]) -> str:
             value += f" +- {metrics['kid_std']:{fmt}} (std over subsets; standard error {metrics['kid_se']:{fmt}})"
         rows.append(f"{label:<10} {value}")
     return "\n".join(rows)
+
+
+NLL_IMAGES = 500  # test images for the bound: its standard error is reported beside it
+NLL_STRATA = 50  # stratified estimate of the sum over t (difflab.evaluate.likelihood.image_nll)
+
+
+def evaluate_run_nll(run: str | Path, *, n: int = NLL_IMAGES, strata: int | None = NLL_STRATA,
+                     variance: str | None = None, seed: int = 0, device: torch.device | str = "cpu",
+                     write: bool = True, progress: bool = True) -> dict[str, Any]:
+    """The variational bound of a run's newest checkpoint (EMA) on its dataset's test split, in bits/dim.
+
+    Args:
+        run: a run folder written by ``difflab train``.
+        n: test images (a fixed random subset, the same for every run of this dataset).
+        strata: k = the stratified estimate of the sum over t; None = the exact sum (T network
+            evaluations per image).
+        variance: the reverse-process variance, ``beta_tilde`` | ``beta``; None = the run's.
+        seed: seeds the noise and the strata draws.
+        write: merge the result into RUN/metrics.json under ``nll``.
+
+    Returns:
+        :func:`difflab.evaluate.likelihood.image_nll`'s dict plus ``checkpoint_step`` and ``data``.
+    """
+    from difflab.evaluate.likelihood import image_nll
+
+    if n < 2:
+        raise UserError(f"the bound needs at least 2 test images (for its standard error), got {n}: "
+                        "pass --nll-n 2 or more")
+    cfg = io.read_run_config(run)
+    step = int(io.require_checkpoint(run).name.removeprefix(io.CHECKPOINT_PREFIX))
+    d = cfg.data
+    test = load_dataset(d.name, path=d.path, resolution=d.resolution, channels=d.channels, split="test")
+    _, model = load_image_model(run, device)
+    images = fixed_subset(test.images, n)  # uint8 (n, C, H, W)
+    result = {"checkpoint_step": step, "data": f"{d.name} (test split)",
+              **image_nll(cfg, model, images, variance=variance, strata=strata, seed=seed, progress=progress)}
+    if write:
+        update_eval_file(run, {"nll": result})
+    return result
