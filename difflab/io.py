@@ -68,6 +68,11 @@ def read_run_config(run: str | Path) -> Config:
     return load_config(run / CONFIG_FILE)
 
 
+def list_checkpoints(run: str | Path) -> list[Path]:
+    """The complete checkpoint folders of a run, oldest first (step numbers are zero-padded)."""
+    return sorted(p for p in (Path(run) / CHECKPOINTS).glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file())
+
+
 def latest_checkpoint(run: str | Path) -> Path | None:
     """The newest complete checkpoint folder of a run, or None."""
     ckpts = Path(run) / CHECKPOINTS
@@ -76,7 +81,7 @@ def latest_checkpoint(run: str | Path) -> Path | None:
         candidate = ckpts / pointer.read_text().strip()
         if (candidate / STATE_FILE).is_file():
             return candidate
-    done = sorted(p for p in ckpts.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file())
+    done = list_checkpoints(run)
     return done[-1] if done else None
 
 

@@ -86,10 +86,12 @@ class ImageTask:
 
 
 # -- sampling a trained run -------------------------------------------------------------------
-def load_image_model(run: str | Path, device: torch.device | str = "cpu", ema: bool = True) -> tuple[Config, nn.Module]:
-    """Rebuild the UNet of a run folder and load its newest (EMA) weights."""
+def load_image_model(run: str | Path, device: torch.device | str = "cpu", ema: bool = True,
+                     checkpoint: str | Path | None = None) -> tuple[Config, nn.Module]:
+    """Rebuild the UNet of a run folder and load its (EMA) weights: from ``checkpoint`` (a folder
+    of :func:`difflab.io.list_checkpoints`) or, by default, the newest."""
     cfg = io.read_run_config(run)
-    ckpt = io.require_checkpoint(run)
+    ckpt = Path(checkpoint) if checkpoint is not None else io.require_checkpoint(run)
     model = build_unet(cfg, image_channels(cfg))
     io.load_weights(model, ckpt / (io.EMA_FILE if ema else io.MODEL_FILE))
     return cfg, model.to(device).eval().requires_grad_(False)
