@@ -74,12 +74,12 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from difflab.tasks.image import ImageTask
+    from difflab.tasks import build_task
     from difflab.train import check_train_config, train
 
     cfg = _train_config(args)
     check_train_config(cfg.train)
-    ckpt = train(ImageTask(cfg), args.out, resume=args.resume, progress=not args.no_progress)
+    ckpt = train(build_task(cfg), args.out, resume=args.resume, progress=not args.no_progress)
     if _is_main_process():
         print(f"trained {args.out}: checkpoint {ckpt}")
 

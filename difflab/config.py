@@ -22,7 +22,7 @@ from difflab.errors import UserError
 class DataConfig:
     """Which images to train on (see :func:`difflab.data.load_dataset`)."""
 
-    name: str = "digits"  # digits | mnist | fashion-mnist | image-folder
+    name: str = "digits"  # digits | mnist | fashion-mnist | image-folder | mixture2d (2-D points)
     path: str | None = None  # folder of the files; None = the dataset's default place
     resolution: int | None = None  # square side in pixels; None = the dataset's native size
     channels: int | None = None  # None = native (1 for the MNIST family, 3 for folders)
@@ -32,7 +32,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The UNet denoiser (see :class:`difflab.models.unet.UNet`)."""
+    """The UNet denoiser (see :class:`difflab.models.unet.UNet`); ``mlp_*`` for 2-D data (:mod:`difflab.models.mlp`)."""
 
     base_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2)
@@ -44,6 +44,8 @@ class ModelConfig:
     patch_size: int = 1  # space-to-depth factor before the network (2: a quarter of the positions)
     num_classes: int = 0  # filled in from the data when data.class_conditional
     cond_drop_prob: float = 0.1  # condition dropout to the learned null (for guidance)
+    mlp_width: int = 96  # hidden width of the residual MLP (data.name mixture2d)
+    mlp_blocks: int = 2  # its residual blocks
 
 
 @dataclass(frozen=True)
