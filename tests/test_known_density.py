@@ -32,9 +32,6 @@ BUDGET_FRACTIONS = (0.1, 0.3, 1.0)  # checkpoints of the shipped run at which th
 # choice, made for 8-bit images); for continuous data the posterior of x_0 has variance
 # beta at index 0, about twice that, which puts even the exact denoiser's bound ~0.1 nats per
 # dimension above H (measured 0.21 nats here). Remove this marker when the decoder uses beta_0.
-DECODER_FLOOR = pytest.mark.xfail(strict=True, reason="likelihood.py's clipped decoder variance puts the "
-                                  "exact denoiser's bound ~0.2 nats above the entropy of 2-D data")
-
 
 @pytest.fixture(scope="module")
 def mixture() -> GaussianMixture:
@@ -134,7 +131,6 @@ def test_trained_bound_falls_and_stays_above_the_entropy(shipped_run):
 
 
 @pytest.mark.slow
-@DECODER_FLOOR
 def test_trained_bound_is_within_tolerance_of_the_entropy(shipped_run):
     """Issue 3's acceptance: after the shipped budget, bound - H < 0.05 nats."""
     assert shipped_run[-1].gap < TOLERANCE, shipped_run[-1]
