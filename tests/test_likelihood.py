@@ -23,7 +23,8 @@ from difflab.data.digits import load_digits_dataset
 from difflab.denoisers import NetworkDenoiser, eps_from_x0, prediction_target
 from difflab.errors import UserError
 from difflab.evaluate.likelihood import (discretized_gaussian_log_likelihood, elbo_terms, gaussian_log_likelihood,
-                                         image_nll, normal_kl, strata_edges, stratified_timesteps)
+                                         head_and_strata, image_nll, normal_kl, strata_edges,
+                                         stratified_timesteps)
 from difflab.schedules import Schedule, make_schedule
 from difflab.tasks.image import build_unet
 
@@ -268,6 +269,20 @@ def test_stratified_estimate_is_unbiased():
     assert ((counts - draws * p).abs() <= 5 * (draws * p * (1 - p)).sqrt()).all()
 
 
+def test_exact_head_plus_strata_is_unbiased_and_exact_on_the_head():
+    """head_and_strata: steps 1..h with weight 1 in every draw, the rest stratified; mean = the sum."""
+    T, h, k, draws = 50, 6, 5, 40_000
+    f = 1 / torch.arange(1, T, dtype=F64) + torch.sin(torch.arange(1, T, dtype=F64))
+    steps, weights = head_and_strata(T, h, k, torch.Generator().manual_seed(3), batch=draws)
+    assert steps.shape == (draws, h + k) and (steps[:, :h] == torch.arange(1, h + 1)).all()
+    assert (weights[:, :h] == 1).all() and (steps[:, h:] > h).all() and (steps < T).all()
+    assert (weights.sum(1) == T - 1).all()
+    estimates = (f[steps - 1] * weights).sum(1)  # (draws,)
+    assert abs(float(estimates.mean()) - float(f.sum())) < 4 * float(estimates.std()) / math.sqrt(draws)
+    with pytest.raises(UserError, match="exact steps"):
+        head_and_strata(T, T - 2, k, None, batch=1)
+
+
 def test_stratified_bound_matches_the_full_bound_on_gaussian_data():
     """elbo_terms with per-sample stratified steps: its mean over samples is the closed-form bound."""
     schedule = make_schedule("linear", 100)
@@ -344,10 +359,13 @@ def _tiny_run(num_classes: int, T: int = 40) -> tuple[Config, torch.nn.Module]:
 def test_image_nll_on_a_random_unet_returns_consistent_finite_numbers(strata):
     cfg, model = _tiny_run(num_classes=0)
     data = load_digits_dataset(split="test")
-    out = image_nll(cfg, model, data.images[:6], strata=strata, batch_size=4, progress=False)
-    assert set(out) == {"bpd", "bpd_stderr", "n", "prior_bpd", "decoder_bpd", "t", "kl_bpd", "variance", "strata"}
+    out = image_nll(cfg, model, data.images[:6], strata=strata, exact_head=4, batch_size=4, progress=False)
+    assert set(out) == {"bpd", "bpd_stderr", "n", "prior_bpd", "decoder_bpd", "t", "kl_bpd", "variance", "strata",
+                        "exact_head"}
     assert out["n"] == 6 and out["variance"] == cfg.sample.variance and out["strata"] == strata
-    K = 39 if strata is None else strata
+    K = 39 if strata is None else 4 + strata  # with strata: steps 1..4 exactly, then the strata of 5..39
+    if strata is not None:
+        assert out["exact_head"] == 4 and out["t"][:4] == [1, 2, 3, 4] and out["t"][4] > 4
     assert len(out["t"]) == len(out["kl_bpd"]) == K
     values = [out["bpd"], out["bpd_stderr"], out["prior_bpd"], out["decoder_bpd"], *out["kl_bpd"]]
     assert all(math.isfinite(v) for v in values) and out["bpd"] > 0

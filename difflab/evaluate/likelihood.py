@@ -53,6 +53,7 @@ PIXEL_LEVELS = 256  # values of an 8-bit pixel
 BIN_HALF_WIDTH = 1.0 / (PIXEL_LEVELS - 1)  # half the width 2/255 of one pixel bin on [-1, 1]
 GRID_TOL = 1e-3  # largest distance (in pixel levels) of data from the 8-bit grid
 NLL_BATCH = 128  # images per batch of image_nll
+NLL_EXACT_HEAD = 20  # with strata: the first steps, which carry most of the bits, summed exactly
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -330,9 +331,26 @@ def _mean_and_stderr(values: Tensor) -> tuple[float, float]:
 
 
 @torch.inference_mode()
+def head_and_strata(T: int, exact_steps: int, k: int, generator: torch.Generator | None,
+                    batch: int) -> tuple[Tensor, Tensor]:
+    """Timesteps and weights (batch, exact_steps + k): 1..exact_steps exactly, then k strata of the rest.
+
+    The step terms fall like 1/t at small t, so uniform strata over all of 1..T-1 would weight one
+    draw from 1..T/k by T/k and be very noisy; the head is summed exactly instead, and
+    :func:`stratified_timesteps` estimates the tail (unbiased).
+    """
+    if not 0 <= exact_steps < T - k:
+        raise UserError(f"{exact_steps} exact steps leave fewer than {k} steps for the strata of 1..{T - 1}: "
+                        f"pass fewer exact steps or strata")
+    tail, tail_weights = stratified_timesteps(T - exact_steps, k, generator, batch=batch)  # in 1..T-1-head
+    head = torch.arange(1, exact_steps + 1).expand(batch, -1)  # (B, exact_steps)
+    return (torch.cat([head, tail + exact_steps], dim=1),
+            torch.cat([torch.ones(batch, exact_steps, dtype=torch.float64), tail_weights], dim=1))
+
+
 def image_nll(cfg: Config, model: nn.Module, images_uint8: Tensor | np.ndarray, *, labels: Tensor | None = None,
-              variance: str | None = None, strata: int | None = None, batch_size: int = NLL_BATCH,
-              seed: int = 0, progress: bool = True) -> dict:
+              variance: str | None = None, strata: int | None = None, exact_head: int = NLL_EXACT_HEAD,
+              batch_size: int = NLL_BATCH, seed: int = 0, progress: bool = True) -> dict:
     """The variational bound of a trained image model on 8-bit images, in bits per dimension.
 
     The denoiser is built as :func:`difflab.tasks.image.generate` builds it, without clipping
@@ -347,8 +365,11 @@ def image_nll(cfg: Config, model: nn.Module, images_uint8: Tensor | np.ndarray, 
         variance: sigma_t^2 of the reverse process, ``beta_tilde`` | ``beta``; None = the run's
             ``sample.variance`` (the DDPM sampler's choice).
         strata: None = the exact sum over all T-1 step terms (T network evaluations per image);
-            k = the stratified estimate (:func:`stratified_timesteps`, k + 1 evaluations per
-            image, drawn independently per image, so ``bpd_stderr`` includes its variance).
+            k = the first ``exact_head`` step terms exactly plus a stratified estimate of the
+            rest (:func:`head_and_strata`, exact_head + k + 1 evaluations per image, drawn
+            independently per image, so ``bpd_stderr`` includes its variance).
+        exact_head: with ``strata``, how many of the first steps (which carry most of the
+            bits and vary most) are summed exactly.
         batch_size: images per batch. seed: seeds the noise and the strata draws.
         progress: a tqdm bar with images/s.
 
@@ -364,18 +385,19 @@ def image_nll(cfg: Config, model: nn.Module, images_uint8: Tensor | np.ndarray, 
     variance = cfg.sample.variance if variance is None else variance
     _check_names(variance, "discretized")
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-    edges = strata_edges(schedule.T, schedule.T - 1 if strata is None else strata)
+    head = 0 if strata is None else exact_head
+    edges = strata_edges(schedule.T - head, schedule.T - 1 if strata is None else strata) + head
     device = next(model.parameters()).device
     denoiser = NetworkDenoiser(model, schedule, cfg.diffusion.prediction, clip_x0=False)
     generator = torch.Generator(device=device).manual_seed(seed)
     scale = 1 / (images[0].numel() * math.log(2))  # nats -> bits per dimension
-    bpd, prior, decoder, kl_sum = [], [], [], torch.zeros(len(edges) - 1, dtype=torch.float64)
+    bpd, prior, decoder, kl_sum = [], [], [], torch.zeros(head + len(edges) - 1, dtype=torch.float64)
     bar = tqdm(total=len(images), desc="likelihood", unit="img", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(images), batch_size):
         x0 = to_model_range(images[start:start + batch_size].to(device))  # (B, C, H, W)
         cond = None if labels is None else {"labels": labels[start:start + batch_size].to(device)}
         steps, weights = (None, None) if strata is None else \
-            stratified_timesteps(schedule.T, strata, generator, batch=len(x0))
+            head_and_strata(schedule.T, head, strata, generator, batch=len(x0))
         terms = elbo_terms(denoiser, x0, schedule, variance=variance, decoder="discretized", cond=cond,
                            timesteps=steps, weights=weights, generator=generator)
         bpd.append(terms.bits_per_dim().cpu())
@@ -385,8 +407,10 @@ def image_nll(cfg: Config, model: nn.Module, images_uint8: Tensor | np.ndarray, 
         bar.update(len(x0))
     bar.close()
     bpd_mean, bpd_stderr = _mean_and_stderr(torch.cat(bpd))
-    t = (edges[:-1] + edges[1:] - 1) / 2  # (K,) the middle of each stratum (the index itself when exact)
+    t = torch.cat([torch.arange(1, head + 1, dtype=edges.dtype), edges[:-1]]).double()  # exact head, then
+    t[head:] = (edges[:-1] + edges[1:] - 1) / 2  # the middle of each stratum (the index itself when exact)
     return {"bpd": bpd_mean, "bpd_stderr": bpd_stderr, "n": len(images),
             "prior_bpd": float(torch.cat(prior).mean()), "decoder_bpd": float(torch.cat(decoder).mean()),
             "t": [int(v) if strata is None else float(v) for v in t.tolist()],
-            "kl_bpd": (kl_sum / len(images)).tolist(), "variance": variance, "strata": strata}
+            "kl_bpd": (kl_sum / len(images)).tolist(), "variance": variance, "strata": strata,
+            "exact_head": head}

@@ -11,7 +11,7 @@ approach H as training goes on. :func:`bound_vs_entropy` measures bound - H as
 
 with three variance reductions: the control variate log p(x_i) (E[-log p] = H exactly), common
 random numbers for the excess, and the first step terms (large, changing like 1/t) summed
-exactly rather than sampled (:func:`head_and_strata`).
+exactly rather than sampled (:func:`difflab.evaluate.likelihood.head_and_strata`).
 
 Reverse variance: for data that are smooth at the scale of the noise, the reverse step
 q(x_{t-1} | x_t) has variance close to beta_t (Ho et al. 2020, sec. 3.2: beta is optimal for
@@ -33,7 +33,7 @@ from difflab import io
 from difflab.config import Config
 from difflab.data.mixture import GaussianMixture, load_mixture, mixture_denoiser
 from difflab.denoisers import Denoiser, NetworkDenoiser
-from difflab.evaluate.likelihood import elbo_terms, stratified_timesteps
+from difflab.evaluate.likelihood import elbo_terms, head_and_strata
 from difflab.losses import diffusion_loss
 from difflab.models.mlp import ResidualMLP
 from difflab.schedules import Schedule, make_schedule
@@ -69,20 +69,6 @@ class Toy2DTask:
         dc = self.config.diffusion
         return diffusion_loss(model, x0, self.schedule, prediction=dc.prediction, weighting=dc.weighting,
                               min_snr_gamma=dc.min_snr_gamma, generator=generator)
-
-
-def head_and_strata(T: int, exact_steps: int, k: int, generator: torch.Generator,
-                    batch: int) -> tuple[Tensor, Tensor]:
-    """Timesteps and weights (batch, exact_steps + k): 1..exact_steps exactly, then k strata of the rest.
-
-    The step terms fall like 1/t at small t, so uniform strata over all of 1..T-1 would weight one
-    draw from 1..T/k by T/k and be very noisy; the head is summed exactly instead, and
-    :func:`~difflab.evaluate.likelihood.stratified_timesteps` estimates the tail (unbiased).
-    """
-    tail, tail_weights = stratified_timesteps(T - exact_steps, k, generator, batch=batch)  # in 1..T-1-head
-    head = torch.arange(1, exact_steps + 1).expand(batch, -1)  # (B, exact_steps)
-    return (torch.cat([head, tail + exact_steps], dim=1),
-            torch.cat([torch.ones(batch, exact_steps, dtype=torch.float64), tail_weights], dim=1))
 
 
 def load_toy_denoiser(run: str | Path, ckpt: Path | None = None, ema: bool = True) -> tuple[Config, NetworkDenoiser]:
