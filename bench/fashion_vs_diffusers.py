@@ -83,7 +83,8 @@ def main() -> None:
     res = {"date": date, "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
            "torch": torch.__version__, "n": args.n, "n_table": args.n_table or args.n, "minutes": args.minutes, "config": args.config}
     res["difflab_train"] = train_difflab(work / "difflab", args.minutes, args.config,
-                                         ["data.class_conditional=false"])
+                                         ["data.class_conditional=false", "train.checkpoint_every=100",
+                                          "train.keep_checkpoints=1000"])  # all kept: bench/nll_vs_time.py
     res["difflab_fid"], res["difflab_sample_s"] = sample_difflab(work / "difflab", args.n, "dpmpp-2m", 20)
     if not args.skip_peer:
         peer_dir = work / "diffusers"
