@@ -359,6 +359,66 @@ SECTIONS: tuple[Section, ...] = (config_section, training_section, samples_secti
                                  elbo_section, environment_section)
 
 
+# -- 2-D mixture runs (difflab.tasks.toy2d) ----------------------------------------------------
+MIXTURE_POINTS = 2000  # samples in the scatter plot
+MIXTURE_BOUND_SAMPLES = 2048  # samples for the bound against the entropy
+
+
+def _mixture_run(ctx: ReportContext) -> tuple[Any, Any, Any]:
+    """(denoiser, mixture, schedule) of a 2-D mixture run's newest EMA weights."""
+    from difflab.data.mixture import load_mixture
+    from difflab.schedules import make_schedule
+    from difflab.tasks.toy2d import load_toy_denoiser
+
+    cfg, denoiser = load_toy_denoiser(ctx.run, ctx.checkpoint)
+    return denoiser, load_mixture(cfg.data.name), make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+
+
+def mixture_samples_section(ctx: ReportContext) -> tuple[str, str]:
+    """Scatter plots of model samples per (sampler, steps) beside samples of the true mixture."""
+    from difflab.samplers import sample
+
+    denoiser, mixture, schedule = _mixture_run(ctx)
+    g = torch.Generator().manual_seed(ctx.seed)
+    panels = [("data", mixture.sample(MIXTURE_POINTS, generator=g))]
+    for sampler, steps in ctx.grids:
+        x = sample(sampler, denoiser, (MIXTURE_POINTS, mixture.dim), schedule, steps=steps,
+                   generator=torch.Generator().manual_seed(ctx.seed))
+        panels.append((f"{sampler}, {steps} steps", x))
+    fig, axes = _figure(len(panels))
+    lim = 1.2 * float(panels[0][1].abs().max())  # the data's extent, shared by every panel
+    for ax, (title, x) in zip(axes, panels):
+        ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=1, alpha=0.4)
+        ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+    note = f"{MIXTURE_POINTS} points each, checkpoint step {ctx.checkpoint_step} (EMA weights), seed {ctx.seed}"
+    return "Samples", f'<p class="note">{html.escape(note)}</p>' + _img(figure_data_uri(fig), "samples")
+
+
+def mixture_bound_section(ctx: ReportContext) -> tuple[str, str]:
+    """The variational bound of the run against the mixture's exact entropy (nats per sample)."""
+    from difflab.tasks.toy2d import bound_vs_entropy
+
+    denoiser, mixture, schedule = _mixture_run(ctx)
+    c = bound_vs_entropy(denoiser, mixture, schedule, n=MIXTURE_BOUND_SAMPLES, seed=ctx.seed)
+    rows = [["true entropy H", _fmt(c.entropy)], ["bound (-ELBO)", _fmt(c.bound)],
+            ["bound - H", f"{_fmt(c.gap)} ± {_fmt(c.gap_se)}"],
+            ["of which the exact denoiser's floor", f"{_fmt(c.floor.mean)} ± {_fmt(c.floor.se)}"],
+            ["of which the network's excess", f"{_fmt(c.excess.mean)} ± {_fmt(c.excess.se)}"]]
+    note = f"{MIXTURE_BOUND_SAMPLES} samples (bench/known_density.py measures with more)"
+    return "Bound against the true entropy", f'<p class="note">{note}</p>' + _table(["nats", "value"], rows, (1,))
+
+
+MIXTURE_SECTIONS: tuple[Section, ...] = (config_section, training_section, mixture_samples_section,
+                                         mixture_bound_section, environment_section)
+
+
+def default_sections(cfg: Config) -> tuple[Section, ...]:
+    """The sections for a kind of run: 2-D mixtures or images."""
+    from difflab.data.mixture import MIXTURES
+
+    return MIXTURE_SECTIONS if cfg.data.name in MIXTURES else SECTIONS
+
+
 # -- page ----------------------------------------------------------------------------------------
 def render_report(ctx: ReportContext, sections: Sequence[Section] = SECTIONS) -> str:
     """The whole HTML page: a title, a table of contents and one ``<section>`` per builder."""
@@ -373,14 +433,14 @@ def render_report(ctx: ReportContext, sections: Sequence[Section] = SECTIONS) ->
                            nav="".join(nav), body="\n".join(body))
 
 
-def write_report(run: str | Path, out: str | Path | None = None, *, sections: Sequence[Section] = SECTIONS,
+def write_report(run: str | Path, out: str | Path | None = None, *, sections: Sequence[Section] | None = None,
                  **options: Any) -> Path:
     """Write the report of a run folder, atomically.
 
     Args:
         run: folder written by ``difflab train``.
         out: the HTML file; default ``RUN/report.html``.
-        sections: the section builders, in page order.
+        sections: the section builders, in page order; None = :func:`default_sections` of the run.
         options: :class:`ReportContext` fields (samples, seed, device, grids, progress).
 
     Returns:
@@ -391,5 +451,5 @@ def write_report(run: str | Path, out: str | Path | None = None, *, sections: Se
     """
     ctx = load_context(run, **options)
     out = Path(out) if out is not None else ctx.run / REPORT_FILE
-    io.write_text_atomic(out, render_report(ctx, sections))
+    io.write_text_atomic(out, render_report(ctx, default_sections(ctx.cfg) if sections is None else sections))
     return out

@@ -207,3 +207,18 @@ def test_bad_run_folders_are_one_line_errors(tiny_run, tmp_path, capsys):
 def test_report_help():
     res = subprocess.run(difflab_cmd("report", "--help"), cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0 and "--samples" in res.stdout
+
+
+def test_mixture_runs_get_scatter_plots_and_the_bound(tmp_path, capsys):
+    """A 2-D mixture run (configs/mixture2d.yaml) has its own sections; image verbs refuse it in one line."""
+    run = tmp_path / "mix"
+    config = str(ROOT / "configs" / "mixture2d.yaml")
+    assert main(["train", config, "--out", str(run), "--no-progress", "--max-steps", "3"]) == 0
+    assert main(["report", str(run), "--no-progress"]) == 0
+    text = (run / rp.REPORT_FILE).read_text()
+    page = _Page(text)
+    assert len(page.images) == 2  # training curves, one figure of scatter panels
+    assert "Bound against the true entropy" in text and "true entropy H" in page.cells
+    assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2-D mixture run" in err[0] and "difflab report" in err[0]

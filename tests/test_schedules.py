@@ -227,8 +227,9 @@ def test_edm_grid_caps_sigma_max_at_80():
     assert cosine.sigma_max > 1e3
     grid = step_grid(cosine, 10, "edm")
     torch.testing.assert_close(cosine.sigma_at(grid), karras_sigmas(cosine.sigma_min, 80.0, 10), rtol=1e-9, atol=0)
-    short = make_schedule("linear", 100)  # sigma_max ~ 1.3: nothing to cap
-    assert torch.equal(step_grid(short, 10, "edm"), step_grid(short, 10, "karras"))
+    linear = make_schedule("linear", 1000)  # sigma_max ~ 157: capped too, same sigma_min
+    edm = linear.sigma_at(step_grid(linear, 10, "edm"))
+    torch.testing.assert_close(edm, karras_sigmas(linear.sigma_min, 80.0, 10), rtol=1e-9, atol=0)
 
 
 def test_bad_names_and_step_counts_are_user_errors():
@@ -237,8 +238,8 @@ def test_bad_names_and_step_counts_are_user_errors():
     with pytest.raises(UserError, match="at least 2"):
         make_schedule("linear", 1)
     schedule = make_schedule("linear", 100)
-    with pytest.raises(UserError, match="unknown step grid 'uniform'"):
-        step_grid(schedule, 10, "uniform")
+    with pytest.raises(UserError, match="unknown step grid 'unifrom'"):
+        step_grid(schedule, 10, "unifrom")
     for steps in (0, -3):
         with pytest.raises(UserError, match="must be positive"):
             step_grid(schedule, steps)

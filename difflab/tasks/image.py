@@ -19,6 +19,7 @@ from difflab import io
 from difflab.config import Config
 from difflab.data import load_dataset
 from difflab.data.images import ImageDataset, random_flip, to_model_range, to_uint8
+from difflab.data.mixture import MIXTURES
 from difflab.denoisers import NetworkDenoiser, classifier_free_guidance
 from difflab.errors import UserError
 from difflab.losses import diffusion_loss
@@ -91,6 +92,9 @@ def load_image_model(run: str | Path, device: torch.device | str = "cpu", ema: b
     """Rebuild the UNet of a run folder and load its (EMA) weights: from ``checkpoint`` (a folder
     of :func:`difflab.io.list_checkpoints`) or, by default, the newest."""
     cfg = io.read_run_config(run)
+    if cfg.data.name in MIXTURES:
+        raise UserError(f"{run} is a 2-D mixture run ({cfg.data.name}), not an image run: look at it with "
+                        f"`difflab report {run}` or bench/known_density.py")
     ckpt = Path(checkpoint) if checkpoint is not None else io.require_checkpoint(run)
     model = build_unet(cfg, image_channels(cfg))
     io.load_weights(model, ckpt / (io.EMA_FILE if ema else io.MODEL_FILE))
@@ -135,12 +139,13 @@ def generate(cfg: Config, model: nn.Module, n: int, *, sampler: str | None = Non
     batch_size = batch_size or s.batch_size
     generator = torch.Generator(device=device).manual_seed(seed)
     out = []
-    batches = tqdm(range(0, n, batch_size), desc=f"sampling {n} images", unit="batch",
-                   disable=not progress or n <= batch_size, dynamic_ncols=True)
-    for start in batches:
+    bar = tqdm(total=n, desc="sampling", unit="img", disable=not progress or n <= batch_size, dynamic_ncols=True)
+    for start in range(0, n, batch_size):
         y = labels[start:start + batch_size].to(device)
         cond = {"labels": y} if K else None
         x = sample(sampler, denoiser, (len(y), C, H, H), schedule, steps=steps, grid=grid, cond=cond,
                    generator=generator, device=device, progress=progress and n <= batch_size, **opts)
         out.append(to_uint8(x).permute(0, 2, 3, 1).cpu())  # (B, H, W, C)
+        bar.update(len(y))
+    bar.close()
     return torch.cat(out).numpy(), labels.numpy().astype(np.int64)
