@@ -20,11 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from difflab import io  # noqa: E402
-from difflab.data import load_dataset  # noqa: E402
-from difflab.evaluate.fid import fixed_subset  # noqa: E402
-from difflab.evaluate.likelihood import image_nll  # noqa: E402
-from difflab.evaluate.run_eval import NLL_IMAGES, NLL_STRATA  # noqa: E402
-from difflab.tasks.image import load_image_model  # noqa: E402
+from difflab.evaluate.run_eval import NLL_IMAGES, NLL_STRATA, evaluate_run_nll  # noqa: E402
 
 
 def main() -> None:
@@ -34,16 +30,12 @@ def main() -> None:
     p.add_argument("--strata", type=int, default=NLL_STRATA, help="0 = the exact sum over t")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    cfg = io.read_run_config(args.run)
-    d = cfg.data
-    test = load_dataset(d.name, path=d.path, resolution=d.resolution, channels=d.channels, split="test")
-    images = fixed_subset(test.images, args.n)
     rows = []
     print("| step | training minutes | bound (bits/dim) | std. error | prior | decoder |\n|---|---|---|---|---|---|")
     for ckpt in io.list_checkpoints(args.run):
         state = io.load_state(ckpt)
-        _, model = load_image_model(args.run, checkpoint=ckpt)
-        b = image_nll(cfg, model, images, strata=args.strata or None, progress=False)
+        b = evaluate_run_nll(args.run, n=args.n, strata=args.strata or None, checkpoint=ckpt, write=False,
+                             progress=False)
         rows.append({"step": state["step"], "minutes": state["elapsed_s"] / 60, **b})
         print(f"| {state['step']} | {state['elapsed_s'] / 60:.1f} | {b['bpd']:.3f} | {b['bpd_stderr']:.3f} "
               f"| {b['prior_bpd']:.4f} | {b['decoder_bpd']:.3f} |", flush=True)

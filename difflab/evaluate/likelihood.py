@@ -407,8 +407,8 @@ def image_nll(cfg: Config, model: nn.Module, images_uint8: Tensor | np.ndarray, 
         bar.update(len(x0))
     bar.close()
     bpd_mean, bpd_stderr = _mean_and_stderr(torch.cat(bpd))
-    t = torch.cat([torch.arange(1, head + 1, dtype=edges.dtype), edges[:-1]]).double()  # exact head, then
-    t[head:] = (edges[:-1] + edges[1:] - 1) / 2  # the middle of each stratum (the index itself when exact)
+    # (K,) the exact head's indices, then the middle of each stratum (the index itself when exact)
+    t = torch.cat([torch.arange(1, head + 1, dtype=torch.float64), (edges[:-1] + edges[1:] - 1).double() / 2])
     return {"bpd": bpd_mean, "bpd_stderr": bpd_stderr, "n": len(images),
             "prior_bpd": float(torch.cat(prior).mean()), "decoder_bpd": float(torch.cat(decoder).mean()),
             "t": [int(v) if strata is None else float(v) for v in t.tolist()],

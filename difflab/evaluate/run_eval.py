@@ -194,7 +194,8 @@ NLL_STRATA = 50  # stratified estimate of the sum over t (difflab.evaluate.likel
 
 def evaluate_run_nll(run: str | Path, *, n: int = NLL_IMAGES, strata: int | None = NLL_STRATA,
                      variance: str | None = None, seed: int = 0, device: torch.device | str = "cpu",
-                     write: bool = True, progress: bool = True) -> dict[str, Any]:
+                     checkpoint: str | Path | None = None, write: bool = True,
+                     progress: bool = True) -> dict[str, Any]:
     """The variational bound of a run's newest checkpoint (EMA) on its dataset's test split, in bits/dim.
 
     Args:
@@ -204,6 +205,7 @@ def evaluate_run_nll(run: str | Path, *, n: int = NLL_IMAGES, strata: int | None
             evaluations per image).
         variance: the reverse-process variance, ``beta_tilde`` | ``beta``; None = the run's.
         seed: seeds the noise and the strata draws.
+        checkpoint: a checkpoint folder of the run (None = the newest).
         write: merge the result into RUN/metrics.json under ``nll``.
 
     Returns:
@@ -215,10 +217,11 @@ def evaluate_run_nll(run: str | Path, *, n: int = NLL_IMAGES, strata: int | None
         raise UserError(f"the bound needs at least 2 test images (for its standard error), got {n}: "
                         "pass --nll-n 2 or more")
     cfg = io.read_run_config(run)
-    step = int(io.require_checkpoint(run).name.removeprefix(io.CHECKPOINT_PREFIX))
+    ckpt = Path(checkpoint) if checkpoint is not None else io.require_checkpoint(run)
+    step = int(ckpt.name.removeprefix(io.CHECKPOINT_PREFIX))
     d = cfg.data
     test = load_dataset(d.name, path=d.path, resolution=d.resolution, channels=d.channels, split="test")
-    _, model = load_image_model(run, device)
+    _, model = load_image_model(run, device, checkpoint=ckpt)
     images = fixed_subset(test.images, n)  # uint8 (n, C, H, W)
     result = {"checkpoint_step": step, "data": f"{d.name} (test split)",
               **image_nll(cfg, model, images, variance=variance, strata=strata, seed=seed, progress=progress)}
