@@ -22,12 +22,14 @@ from difflab.errors import UserError
 class DataConfig:
     """Which images to train on (see :func:`difflab.data.load_dataset`)."""
 
-    name: str = "digits"  # digits | mnist | fashion-mnist | image-folder | mixture2d (2-D points)
+    name: str = "digits"  # digits | mnist | fashion-mnist | image-folder | shapes (captioned) | mixture2d (2-D points)
     path: str | None = None  # folder of the files; None = the dataset's default place
     resolution: int | None = None  # square side in pixels; None = the dataset's native size
     channels: int | None = None  # None = native (1 for the MNIST family, 3 for folders)
     random_flip: bool = False  # horizontal flips while training (off for digits and clothes)
     class_conditional: bool = True  # condition on labels when the dataset has them
+    size: int | None = None  # shapes: images in the generated training set; None = its default
+    holdout: tuple[str, ...] = ()  # shapes: attribute combinations kept out of training, e.g. "red triangle"
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,13 @@ class ModelConfig:
     norm_groups: int = 8
     patch_size: int = 1  # space-to-depth factor before the network (2: a quarter of the positions)
     num_classes: int = 0  # filled in from the data when data.class_conditional
-    cond_drop_prob: float = 0.1  # condition dropout to the learned null (for guidance)
+    cond_drop_prob: float = 0.1  # condition (class or caption) dropout to the learned null (for guidance)
+    text_encoder: str = "none"  # none | scratch (trained jointly) | minilm (frozen, pretrained) | clip (frozen, difflab's)
+    clip_run: str | None = None  # text_encoder clip: run folder of `difflab clip train`
+    text_max_length: int = 16  # tokens per caption; longer prompts are truncated with a warning
+    text_width: int = 128  # scratch encoder: width of its transformer
+    text_layers: int = 2  # scratch encoder: transformer layers
+    text_heads: int = 4  # scratch encoder: attention heads
     mlp_width: int = 96  # hidden width of the residual MLP (data.name mixture2d)
     mlp_blocks: int = 2  # its residual blocks
 
@@ -95,14 +103,32 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class ClipConfig:
+    """difflab's own CLIP (``task: clip``, see :mod:`difflab.models.clip`)."""
+
+    embed_dim: int = 128  # joint image-text embedding
+    image_width: int = 32  # channels of the image encoder's first stage
+    text_width: int = 128  # text transformer width
+    text_layers: int = 2
+    text_heads: int = 4
+    max_length: int = 16  # tokens per caption
+    temperature: float = 0.07  # initial softmax temperature (learned; Radford et al. 2021)
+
+
+TASKS = ("diffusion", "clip")
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run."""
 
+    task: str = "diffusion"  # diffusion | clip (contrastive image-text encoders)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
 
 
 # -- dict <-> dataclass with checking -------------------------------------------------------
