@@ -1,7 +1,8 @@
 """The one training loop, on Hugging Face Accelerate, for every task.
 
 A task supplies ``config`` (resolved), ``build_model()``, ``to(device)`` and
-``loss(model, batch_size, generator)``. The loop adds what every run needs: AdamW with
+``loss(model, batch_size, generator)``, and optionally ``run_files()`` (name -> text of files that
+belong beside the config, e.g. a tokenizer's vocabulary). The loop adds what every run needs: AdamW with
 warm-up, gradient clipping and accumulation, EMA weights (used for sampling), bf16 autocast,
 step and wall-clock budgets, a tqdm bar, ``metrics.jsonl``, atomic checkpoints and exact
 resume. Each step draws its batch and noise from a generator seeded by (seed, step, rank),
@@ -105,6 +106,9 @@ class _Trainer:
             self._resume()
         elif self.acc.is_main_process:
             io.init_run(out, self.cfg)
+        if self.acc.is_main_process:
+            for name, text in getattr(task, "run_files", dict)().items():
+                io.write_text_atomic(out / name, text)
         self.acc.wait_for_everyone()
 
     def _resume(self) -> None:

@@ -16,7 +16,10 @@ Conditioning:
 * time: sinusoidal features of the float time t -> MLP -> embedding ``emb`` (B, D);
 * class: a learned embedding added to ``emb``; row ``num_classes`` is the learned null class;
 * context: (B, L, context_dim) token states read by cross-attention, with a (B, L) bool
-  padding mask (True = valid); a learned null token stands for "no context".
+  padding mask (True = valid); a learned null token stands for "no context";
+* pooled: (B, pooled_dim) one vector for the whole caption (a text encoder's pooled output),
+  projected and added to ``emb`` like the class (Imagen, Saharia et al. 2022, Sec. 2.2); a learned
+  null vector stands for "no caption".
 
 ``drop`` (B,) bool swaps a sample's condition for the learned null condition: condition
 dropout in training and the unconditional branch of classifier-free guidance (Ho & Salimans
@@ -101,7 +104,7 @@ class _Builder:
 
 # -- configuration checks ----------------------------------------------------------------------
 def _check_config(in_channels: int, widths: list[int], attention_levels: Sequence[int], norm_groups: int,
-                  num_classes: int, context_dim: int) -> None:
+                  num_classes: int, context_dim: int, pooled_dim: int = 0) -> None:
     """Raise a one-line UserError for a UNet that cannot be built."""
     if in_channels < 1:
         raise UserError(f"in_channels must be at least 1, got {in_channels}: check data.channels")
@@ -116,8 +119,9 @@ def _check_config(in_channels: int, widths: list[int], attention_levels: Sequenc
     if missing:
         raise UserError(f"attention levels {missing} do not exist with {len(widths)} levels: "
                         f"use model.attention_levels within 0..{len(widths) - 1}")
-    if num_classes < 0 or context_dim < 0:
-        raise UserError(f"num_classes ({num_classes}) and context_dim ({context_dim}) must be >= 0: fix the model config")
+    if min(num_classes, context_dim, pooled_dim) < 0:
+        raise UserError(f"num_classes ({num_classes}), context_dim ({context_dim}) and pooled_dim ({pooled_dim}) "
+                        "must be >= 0: fix the model config")
 
 
 # -- the network ---------------------------------------------------------------------------
@@ -135,6 +139,7 @@ class UNet(nn.Module):
         dropout: dropout in the res blocks.
         num_classes: classes for class conditioning; 0 = none.
         context_dim: D of the cross-attention context; 0 = no cross-attention.
+        pooled_dim: D of a pooled condition vector added to the embedding; 0 = none.
         norm_groups: GroupNorm groups; must divide every level width.
         patch_size: space-to-depth factor p: the network runs on (C p^2, H/p, W/p) via pixel
             unshuffle and shuffles back at the end (p^2 times fewer positions; cheap on CPUs).
@@ -143,10 +148,11 @@ class UNet(nn.Module):
     def __init__(self, *, in_channels: int, out_channels: int | None = None, base_channels: int = 64,
                  channel_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 2,
                  attention_levels: Sequence[int] = (2,), num_heads: int = 4, dropout: float = 0.0,
-                 num_classes: int = 0, context_dim: int = 0, norm_groups: int = 8, patch_size: int = 1) -> None:
+                 num_classes: int = 0, context_dim: int = 0, pooled_dim: int = 0, norm_groups: int = 8,
+                 patch_size: int = 1) -> None:
         super().__init__()
         widths = [base_channels * m for m in channel_mult]
-        _check_config(in_channels, widths, attention_levels, norm_groups, num_classes, context_dim)
+        _check_config(in_channels, widths, attention_levels, norm_groups, num_classes, context_dim, pooled_dim)
         self.in_channels, self.out_channels = in_channels, out_channels or in_channels
         self.patch_size = patch_size
         self.levels, self.num_classes, self.context_dim = len(widths), num_classes, context_dim
@@ -158,6 +164,8 @@ class UNet(nn.Module):
         self.time_embed = TimestepEmbedding(base_channels, embed_dim)
         self.class_embed = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None  # row K = null
         self.null_context = nn.Parameter(torch.zeros(context_dim)) if context_dim else None  # (D,)
+        self.pooled_proj = nn.Linear(pooled_dim, embed_dim) if pooled_dim else None
+        self.null_pooled = nn.Parameter(torch.zeros(pooled_dim)) if pooled_dim else None  # (P,)
         self.conv_in = nn.Conv2d(in_channels * patch_size ** 2, widths[0], KERNEL, padding=PAD)
         self.down, skips = build.down(widths)
         mid = widths[-1]
@@ -184,6 +192,16 @@ class UNet(nn.Module):
         null = torch.full_like(drop, self.num_classes, dtype=torch.long)  # (B,)
         index = null if labels is None else torch.where(drop, null, labels.long())  # (B,)
         return self.class_embed(index)  # (B, D)
+
+    def _pooled_embedding(self, pooled: Tensor | None, drop: Tensor) -> Tensor | None:
+        """(B, D) projection of the pooled condition, the null vector where dropped or absent."""
+        if self.pooled_proj is None:
+            if pooled is not None:
+                raise ValueError("pooled was given to a UNet built with pooled_dim=0: build it with pooled_dim > 0")
+            return None
+        null = self.null_pooled[None].expand(drop.shape[0], -1)  # (B, P)
+        pooled = null if pooled is None else torch.where(drop[:, None], null.to(pooled.dtype), pooled)  # (B, P)
+        return self.pooled_proj(pooled.to(self.pooled_proj.weight.dtype))  # (B, D)
 
     def _context(self, context: Tensor | None, context_mask: Tensor | None,
                  drop: Tensor) -> tuple[Tensor | None, Tensor | None]:
@@ -227,7 +245,8 @@ class UNet(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: Tensor, t: Tensor, *, labels: Tensor | None = None, context: Tensor | None = None,
-                context_mask: Tensor | None = None, drop: Tensor | None = None) -> Tensor:
+                context_mask: Tensor | None = None, pooled: Tensor | None = None,
+                drop: Tensor | None = None) -> Tensor:
         """Predict from a noisy image.
 
         Args:
@@ -236,6 +255,7 @@ class UNet(nn.Module):
             labels: (B,) long class ids; None on a class-conditional model = null class for all.
             context: (B, L, context_dim) token states for cross-attention; None = null context.
             context_mask: (B, L) bool, True = valid token.
+            pooled: (B, pooled_dim) pooled condition; None on a model with one = null for all.
             drop: (B,) bool, True = use the learned null condition for that sample
                 (ignored by a model with no condition).
 
@@ -248,6 +268,9 @@ class UNet(nn.Module):
         class_emb = self._class_embedding(labels, drop)
         if class_emb is not None:
             emb = emb + class_emb.to(emb.dtype)  # (B, D)
+        pooled_emb = self._pooled_embedding(pooled, drop)
+        if pooled_emb is not None:
+            emb = emb + pooled_emb.to(emb.dtype)  # (B, D)
         context, context_mask = self._context(context, context_mask, drop)  # (B, L, D_ctx), (B, L)
         h = self.conv_in(F.pixel_unshuffle(x, self.patch_size))  # (B, C_0, H/p, W/p)
         hs = [h]
