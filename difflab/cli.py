@@ -104,11 +104,17 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate images from a trained run",
-                       description="Generate images. --out ending .npz saves images (uint8 N,H,W,C) and labels; "
-                                   ".png a grid; anything else a folder with one PNG per image.")
+                       description="Generate images. --out ending .npz saves images (uint8 N,H,W,C), labels and "
+                                   "prompts; .png a grid (one row per prompt, printed under it); anything else a "
+                                   "folder with one PNG per image (and metadata.jsonl with the prompts).")
     p.add_argument("run", help="run folder written by `difflab train`")
-    p.add_argument("--n", type=_positive(int), default=64, help="number of images")
+    p.add_argument("--n", type=_positive(int),
+                   help=f"number of images (default {DEFAULT_SAMPLES}); with --prompt/--prompts, images per prompt "
+                        f"(default {DEFAULT_PER_PROMPT})")
     p.add_argument("--class", dest="class_id", type=int, help="class id for every image (class-conditional runs)")
+    p.add_argument("--prompt", dest="prompt_list", action="append", metavar="TEXT",
+                   help='caption to draw (text-to-image runs; repeatable; "" = unconditional)')
+    p.add_argument("--prompts", dest="prompts_file", metavar="FILE", help="text file with one prompt per line")
     p.add_argument("--out", help="output path (default RUN/samples/<sampler>-<steps>.png)")
     _add_sampling_flags(p)
     p.set_defaults(func=cmd_sample)
@@ -123,29 +129,56 @@ def _device(name: str | None):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _generate(args: argparse.Namespace, n: int):
-    """Load the run of ``args.run`` and sample ``n`` images with the command's flags."""
+DEFAULT_SAMPLES = 64  # difflab sample --n without prompts
+DEFAULT_PER_PROMPT = 8  # difflab sample --n with --prompt / --prompts: images per prompt (one grid row)
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str] | None:
+    """The prompts of --prompt (repeatable) and --prompts FILE, in that order; None when neither is given."""
+    prompts = list(getattr(args, "prompt_list", None) or [])
+    path = getattr(args, "prompts_file", None)
+    if path:
+        if not Path(path).is_file():
+            raise UserError(f"prompts file {path} not found: pass a text file with one prompt per line")
+        prompts += [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not prompts:
+            raise UserError(f"prompts file {path} holds no prompt: write one prompt per line")
+    return prompts or None
+
+
+def _generate(args: argparse.Namespace, n: int, prompts: list[str] | None = None):
+    """Load the run of ``args.run`` and sample ``n`` images with the command's flags.
+
+    Returns (cfg, images, labels, prompts); prompts are those used (drawn from the data when a
+    text-to-image run gets none), else None.
+    """
     import torch
 
     from difflab.tasks.image import generate, load_image_model
+    from difflab.tasks.text_to_image import default_prompts, is_text_to_image
 
     cfg, model = load_image_model(args.run, _device(args.device))
     labels = None
     if getattr(args, "class_id", None) is not None:
         labels = torch.full((n,), args.class_id, dtype=torch.long)
-    images, labels = generate(cfg, model, n, sampler=args.sampler, steps=args.steps, labels=labels,
+    if prompts is None and is_text_to_image(cfg) and labels is None:
+        prompts = default_prompts(cfg, n, args.seed)
+    images, labels = generate(cfg, model, n, sampler=args.sampler, steps=args.steps, labels=labels, prompts=prompts,
                               guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
                               eta=args.eta, variance=args.variance, grid=args.grid)
-    return cfg, images, labels
+    return cfg, images, labels, prompts
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from difflab import io
 
-    cfg, images, labels = _generate(args, args.n)
+    given = _read_prompts(args)
+    per_prompt = args.n or DEFAULT_PER_PROMPT
+    prompts = [p for p in given for _ in range(per_prompt)] if given else None
+    cfg, images, labels, prompts = _generate(args, len(prompts) if prompts else args.n or DEFAULT_SAMPLES, prompts)
     out = args.out or Path(args.run) / "samples" / f"{args.sampler or cfg.sample.sampler}-{args.steps or cfg.sample.steps}.png"
-    ncol = cfg.model.num_classes if cfg.model.num_classes and args.class_id is None else None
-    print(f"wrote {io.save_images(out, images, labels, ncol=ncol)}")
+    ncol = per_prompt if given else cfg.model.num_classes if cfg.model.num_classes and args.class_id is None else None
+    print(f"wrote {io.save_images(out, images, labels, ncol=ncol, prompts=prompts)}")
 
 
 # -- fid / features ----------------------------------------------------------------------------
@@ -176,7 +209,7 @@ def cmd_fid(args: argparse.Namespace) -> None:
         if data is None:
             raise UserError("a .npz has no dataset name: pass --data NAME")
     else:
-        cfg, images, _ = _generate(args, args.n)
+        cfg, images, _, _ = _generate(args, args.n)
         data = args.data or cfg.data.name
         data_path = args.data_path or cfg.data.path
         resolution = cfg.data.resolution
@@ -185,11 +218,13 @@ def cmd_fid(args: argparse.Namespace) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="FID, KID, precision, recall, density, coverage of a run",
+    p = sub.add_parser("eval", help="FID, KID, precision, recall, density, coverage (CLIP score) of a run",
                        description="Sample --n images from a run's newest checkpoint and measure FID, KID, "
                                    "precision, recall, density and coverage against the dataset's train images, "
-                                   "in the feature space of difflab's per-dataset classifier; prints a table and "
-                                   "updates RUN/metrics.json (other keys in it are kept).")
+                                   "in the feature space of difflab's per-dataset classifier; text-to-image runs "
+                                   "also get the CLIP score of their prompts (difflab's own CLIP) and, on shapes, "
+                                   "attribute accuracy; prints a table and updates RUN/metrics.json (other keys in "
+                                   "it are kept).")
     p.add_argument("run", help="run folder written by `difflab train`")
     p.add_argument("--data", help="reference dataset (default: the run's data.name)")
     p.add_argument("--data-path", help="folder of the reference dataset")
@@ -200,6 +235,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nll", action="store_true",
                    help="also the variational bound (ELBO) in bits/dim on test images, stored under 'nll'")
     p.add_argument("--nll-only", action="store_true", help="only the bound: no sampling, no FID")
+    p.add_argument("--clip", metavar="RUN", help="text-to-image runs: the CLIP run behind the CLIP score "
+                                                 "(default: the dataset's own, trained once and cached)")
     p.add_argument("--nll-n", type=_positive(int), default=500, help="test images for the bound (default 500)")
     p.add_argument("--nll-strata", type=_non_negative_int, default=50,
                    help="strata of the unbiased estimate of the sum over t; 0 = the exact sum (T evaluations/image)")
@@ -222,7 +259,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     m = evaluate_run(args.run, data=args.data, data_path=args.data_path, n=args.n, seed=args.seed,
                      sampler=args.sampler, steps=args.steps, weights=args.features, device=_device(args.device),
                      batch_size=args.batch_size, progress=not args.no_progress, grid=args.grid, eta=args.eta,
-                     variance=args.variance, guidance=args.guidance)
+                     variance=args.variance, guidance=args.guidance, clip_run=args.clip)
     print(f"{m['n']} samples ({m['sampler']}, {m['steps']} steps, seed {m['seed']}, checkpoint step "
           f"{m['checkpoint_step']}) vs {m['data']} ({m['real_n']} real images; FID vs {m['fid_real_n']})")
     print(format_table(m))

@@ -213,7 +213,8 @@ def captioned_grid(images: np.ndarray, captions: Sequence[str], ncol: int) -> np
     for r, caption in enumerate(captions):
         row = image_grid(big[r * ncol:(r + 1) * ncol], ncol)  # (h, w, 3)
         strip = Image.new("RGB", (row.shape[1], CAPTION_HEIGHT))
-        ImageDraw.Draw(strip).text((GRID_PAD, 1), caption, fill=CAPTION_INK, font=font)
+        text = caption if caption.strip() else "(empty prompt: unconditional)"
+        ImageDraw.Draw(strip).text((GRID_PAD, 1), text, fill=CAPTION_INK, font=font)
         strips += [row, np.asarray(strip)]
     width = max(s.shape[1] for s in strips)
     return np.concatenate([np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0))) for s in strips])  # (R, W', 3)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from difflab import io
+from difflab.config import Config
 from difflab.data import load_dataset
 from difflab.errors import UserError
 from difflab.evaluate.features import EVAL_BATCH, FeatureNet, extract_features
@@ -31,6 +34,7 @@ from difflab.evaluate.fid import (extractor_for, fid_from_features, fit_gaussian
 from difflab.evaluate.kid import DEFAULT_SUBSET_SIZE, DEFAULT_SUBSETS, kid_from_features, kid_standard_error
 from difflab.evaluate.prdc import DEFAULT_K, prdc_from_features
 from difflab.tasks.image import generate, image_channels, load_image_model
+from difflab.tasks.text_to_image import default_prompts, is_text_to_image
 
 EVAL_FILE = "metrics.json"
 KID_SEED = 0  # the KID subsets are fixed, so that only the samples change with --seed
@@ -38,7 +42,11 @@ MIN_SAMPLES = DEFAULT_K + 1  # precision and recall need more images than the k 
 
 # (label, key, format) of the printed table
 _TABLE = (("FID", "fid", ".3f"), ("KID", "kid", ".5f"), ("precision", "precision", ".4f"),
-          ("recall", "recall", ".4f"), ("density", "density", ".4f"), ("coverage", "coverage", ".4f"))
+          ("recall", "recall", ".4f"), ("density", "density", ".4f"), ("coverage", "coverage", ".4f"),
+          ("CLIP score", "clip_score", ".2f"), ("CLIP real", "clip_score_real", ".2f"),
+          ("CLIP mism.", "clip_score_mismatched", ".2f"), ("retrieval", "clip_retrieval", ".4f"),
+          ("attrs all", "attr_all", ".4f"), ("size", "attr_size", ".4f"), ("color", "attr_color", ".4f"),
+          ("shape", "attr_shape", ".4f"), ("position", "attr_position", ".4f"))
 
 
 def metrics_from_features(real: np.ndarray, fake: np.ndarray, *,
@@ -103,6 +111,53 @@ def evaluate_images(fake_uint8: torch.Tensor | np.ndarray, *, data: str, data_pa
     return {**metrics, "real_n": len(real), "fid_real_n": len(ds)}
 
 
+def text_metrics(cfg: Config, images: np.ndarray, prompts: Sequence[str], *, clip_run: str | Path | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """How well images follow their prompts, by difflab's own models.
+
+    Args:
+        cfg: the (text-to-image) run's config: its dataset gives the CLIP and the real pairs.
+        images: uint8 (N, H, W, C) generated for ``prompts`` (N of them).
+        clip_run: a run of ``difflab clip train``; None = the dataset's default CLIP (trained once, cached).
+
+    Returns:
+        "clip_score" of the images with their prompts, "clip_retrieval" (each image picks its prompt
+        among the distinct prompts), and for reference "clip_score_real" / "clip_score_mismatched":
+        real test images with their own / another caption. On shapes also "attr_size", "attr_color",
+        "attr_shape", "attr_position", "attr_all" (difflab's attribute classifier, prompts that parse).
+    """
+    from difflab.evaluate.clip_score import clip_eval, get_default_clip
+    from difflab.models.clip import load_clip
+    from difflab.tasks.clip import captioned_pairs
+
+    d = cfg.data
+    run = clip_run or get_default_clip(d.name, data_path=d.path, resolution=d.resolution, channels=d.channels,
+                                       progress=progress)
+    _, clip, tokenizer = load_clip(run)
+    fake = clip_eval(clip, tokenizer, images, list(prompts))
+    real_images, real_texts, _ = captioned_pairs(replace(cfg, data=replace(d, holdout=())), split="test")
+    pick = fixed_subset(np.arange(len(real_texts)), len(prompts))
+    real = clip_eval(clip, tokenizer, real_images[pick], [real_texts[i] for i in pick])
+    out = {"clip_score": fake["clip_score"], "clip_retrieval": fake["retrieval"], "clip_score_real": real["clip_score"],
+           "clip_score_mismatched": real["clip_score_mismatched"], "clip_run": str(run)}
+    if d.name == "shapes":
+        out.update(shapes_accuracy(images, prompts))
+    return out
+
+
+def shapes_accuracy(images: np.ndarray, prompts: Sequence[str]) -> dict[str, float]:
+    """Attribute accuracy ("attr_*") of images drawn for shapes-grammar prompts (others are skipped)."""
+    from difflab.data.shapes import parse_caption
+    from difflab.evaluate.attributes import attribute_accuracy
+
+    parsed = [parse_caption(p) for p in prompts]
+    keep = [i for i, a in enumerate(parsed) if a is not None]
+    if not keep:
+        return {}
+    acc = attribute_accuracy(np.asarray(images)[keep], np.array([parsed[i] for i in keep]))
+    return {f"attr_{k}": v for k, v in acc.items()} | {"attr_n": len(keep)}
+
+
 def update_eval_file(run: str | Path, values: dict[str, Any]) -> dict[str, Any]:
     """Merge ``values`` into RUN/metrics.json (created when missing), atomically; returns the whole file.
 
@@ -126,7 +181,7 @@ def evaluate_run(run: str | Path, *, data: str | None = None, data_path: str | N
                  seed: int = 0, sampler: str | None = None, steps: int | None = None,
                  weights: str | Path | None = None, device: torch.device | str = "cpu",
                  batch_size: int | None = None, write: bool = True, progress: bool = True,
-                 **options: Any) -> dict[str, Any]:
+                 clip_run: str | Path | None = None, **options: Any) -> dict[str, Any]:
     """Sample ``n`` images from a run's newest checkpoint (EMA) and measure them against a dataset.
 
     Args:
@@ -140,6 +195,9 @@ def evaluate_run(run: str | Path, *, data: str | None = None, data_path: str | N
         device: where to sample.
         batch_size: images per sampler batch (None = the run's ``sample.batch_size``).
         write: merge the result into RUN/metrics.json (see :func:`update_eval_file`).
+        clip_run: text-to-image runs: the CLIP of the CLIP score (None = the dataset's default);
+            their prompts are drawn from the dataset's test captions with ``seed``, and the result
+            gains :func:`text_metrics`.
         progress: show progress bars.
         options: further sampler options (eta, variance, grid, guidance); None values are ignored.
 
@@ -162,10 +220,13 @@ def evaluate_run(run: str | Path, *, data: str | None = None, data_path: str | N
     net = extractor_for(C, data=data, data_path=data_path, resolution=resolution, weights=weights)
     options = {k: v for k, v in options.items() if v is not None}
     start = time.perf_counter()
+    prompts = default_prompts(cfg, n, seed) if is_text_to_image(cfg) else None
     images, _ = generate(cfg, model, n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
-                         progress=progress, **options)
+                         prompts=prompts, progress=progress, **options)
     metrics = evaluate_images(images, data=data, data_path=data_path, resolution=resolution, extractor=net,
                               progress=progress)
+    if prompts is not None:
+        metrics.update(text_metrics(cfg, images, prompts, clip_run=clip_run, progress=progress))
     result = {"checkpoint_step": step, "data": data, "n": n, "seed": seed, "sampler": sampler or cfg.sample.sampler,
               "steps": steps or cfg.sample.steps, **metrics, "seconds": time.perf_counter() - start}
     if options:
@@ -179,6 +240,8 @@ def format_table(metrics: dict[str, Any]) -> str:
     """The metrics as a small aligned text table."""
     rows = [f"{'metric':<10} value"]
     for label, key, fmt in _TABLE:
+        if key not in metrics:
+            continue
         value = f"{metrics[key]:{fmt}}"
         if key == "kid" and metrics["kid_std"] == 0:
             value += " (every subset holds all the features: no spread to report)"

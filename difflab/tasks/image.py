@@ -8,6 +8,7 @@ denoiser contract.
 from __future__ import annotations
 
 from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +27,18 @@ from difflab.losses import diffusion_loss
 from difflab.models.unet import UNet
 from difflab.samplers import get_sampler, sample
 from difflab.schedules import Schedule, make_schedule
+from difflab.tasks.text_to_image import (build_text_unet, default_prompts, is_text_to_image, load_text_encoder,
+                                         prompt_condition)
 
 
-def build_unet(cfg: Config, channels: int) -> UNet:
-    """The UNet described by ``cfg.model`` for images with ``channels`` channels."""
+def build_unet(cfg: Config, channels: int, *, context_dim: int = 0, pooled_dim: int = 0) -> UNet:
+    """The UNet described by ``cfg.model`` for images with ``channels`` channels (and a text condition
+    of token width ``context_dim`` and pooled width ``pooled_dim``)."""
     m = cfg.model
     return UNet(in_channels=channels, base_channels=m.base_channels, channel_mult=m.channel_mult,
                 num_res_blocks=m.num_res_blocks, attention_levels=m.attention_levels, num_heads=m.num_heads,
-                dropout=m.dropout, num_classes=m.num_classes, norm_groups=m.norm_groups,
-                patch_size=m.patch_size)
+                dropout=m.dropout, num_classes=m.num_classes, context_dim=context_dim, pooled_dim=pooled_dim,
+                norm_groups=m.norm_groups, patch_size=m.patch_size)
 
 
 def image_channels(cfg: Config) -> int:
@@ -96,20 +100,42 @@ def load_image_model(run: str | Path, device: torch.device | str = "cpu", ema: b
         raise UserError(f"{run} is a 2-D mixture run ({cfg.data.name}), not an image run: look at it with "
                         f"`difflab report {run}` or bench/known_density.py")
     ckpt = Path(checkpoint) if checkpoint is not None else io.require_checkpoint(run)
-    model = build_unet(cfg, image_channels(cfg))
+    if is_text_to_image(cfg):
+        model = build_text_unet(cfg, image_channels(cfg), load_text_encoder(cfg, run=run))
+    else:
+        model = build_unet(cfg, image_channels(cfg))
     io.load_weights(model, ckpt / (io.EMA_FILE if ema else io.MODEL_FILE))
     return cfg, model.to(device).eval().requires_grad_(False)
 
 
+def _check_prompts(cfg: Config, n: int, labels: Tensor | None, prompts: Sequence[str] | None,
+                  seed: int) -> list[str] | None:
+    """The n prompts of a text-to-image run (drawn from its data when None); None for other runs."""
+    if not is_text_to_image(cfg):
+        if prompts is not None:
+            raise UserError("this run has no text encoder (model.text_encoder none), so --prompt cannot be used: "
+                            "drop --prompt, or train with model.text_encoder=scratch")
+        return None
+    if labels is not None:
+        raise UserError("this run is text-to-image, so --class cannot be used: pass --prompt TEXT instead")
+    prompts = default_prompts(cfg, n, seed) if prompts is None else list(prompts)
+    if len(prompts) != n:
+        raise ValueError(f"{len(prompts)} prompts for {n} images")
+    return prompts
+
+
 @torch.inference_mode()
 def generate(cfg: Config, model: nn.Module, n: int, *, sampler: str | None = None, steps: int | None = None,
-             labels: Tensor | None = None, guidance: float | None = None, seed: int = 0,
-             batch_size: int | None = None, progress: bool = True, **options: object) -> tuple[np.ndarray, np.ndarray]:
+             labels: Tensor | None = None, prompts: Sequence[str] | None = None, guidance: float | None = None,
+             seed: int = 0, batch_size: int | None = None, progress: bool = True,
+             **options: object) -> tuple[np.ndarray, np.ndarray]:
     """Sample ``n`` images from a trained model.
 
     Args:
         labels: (n,) class ids for a class-conditional model; None gives balanced classes
             (0, 1, 2, ...) for a conditional model and unconditional samples otherwise.
+        prompts: n captions for a text-to-image model ("" = unconditional); None draws them from
+            the dataset's captions (:func:`~difflab.tasks.text_to_image.default_prompts` with ``seed``).
         options: sampler options (eta, variance, grid); unset ones come from ``cfg.sample``.
 
     Returns:
@@ -123,6 +149,7 @@ def generate(cfg: Config, model: nn.Module, n: int, *, sampler: str | None = Non
         raise UserError(f"number of samples must be positive, got {n}: pass --n 1 or more")
     device = next(model.parameters()).device
     K = cfg.model.num_classes
+    prompts = _check_prompts(cfg, n, labels, prompts, seed)
     if labels is None:
         labels = torch.arange(n) % K if K else torch.full((n,), -1)
     elif K == 0:
@@ -143,6 +170,8 @@ def generate(cfg: Config, model: nn.Module, n: int, *, sampler: str | None = Non
     for start in range(0, n, batch_size):
         y = labels[start:start + batch_size].to(device)
         cond = {"labels": y} if K else None
+        if prompts is not None:
+            cond = prompt_condition(model, prompts[start:start + batch_size], device)
         x = sample(sampler, denoiser, (len(y), C, H, H), schedule, steps=steps, grid=grid, cond=cond,
                    generator=generator, device=device, progress=progress and n <= batch_size, **opts)
         out.append(to_uint8(x).permute(0, 2, 3, 1).cpu())  # (B, H, W, C)

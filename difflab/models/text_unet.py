@@ -1,0 +1,36 @@
+"""A UNet that reads a caption: the text encoder + generation model of the text-to-image system.
+
+The text encoder (:mod:`difflab.models.text_encoders`) turns a caption into token vectors
+(B, L, D) and one pooled vector (B, P). The UNet reads the tokens by cross-attention at its
+attention levels (Rombach et al. 2022, Sec. 3.3) and adds the projected pooled vector to its
+time embedding (Saharia et al. 2022, Sec. 2.2). A trainable encoder (``scratch``) is a
+submodule, trained jointly and saved with the UNet; a frozen one (``minilm``, ``clip``) has
+already turned the caption into vectors in ``tokenize`` and passes them through.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from difflab.models.text_encoders import TextEncoder
+from difflab.models.unet import UNet
+
+
+class TextConditionedUNet(nn.Module):
+    """``net(x_t, t, drop=..., **text) -> prediction`` where ``text = encoder.tokenize(captions)``.
+
+    Args:
+        unet: built with ``context_dim = encoder.dim`` and ``pooled_dim = encoder.pooled_dim``.
+        text_encoder: any :class:`~difflab.models.text_encoders.TextEncoder`.
+    """
+
+    def __init__(self, unet: UNet, text_encoder: TextEncoder) -> None:
+        super().__init__()
+        if unet.context_dim != text_encoder.dim:
+            raise ValueError(f"UNet context_dim {unet.context_dim} != text encoder dim {text_encoder.dim}")
+        self.unet, self.text_encoder = unet, text_encoder
+
+    def forward(self, x: Tensor, t: Tensor, *, drop: Tensor | None = None, **text: Tensor) -> Tensor:
+        """x (B, C, H, W), t (B,), drop (B,) bool, text: the tensors of ``tokenize`` -> (B, C, H, W)."""
+        context, context_mask, pooled = self.text_encoder(**text)  # (B, L, D), (B, L), (B, P)
+        return self.unet(x, t, context=context, context_mask=context_mask, pooled=pooled, drop=drop)
