@@ -53,7 +53,8 @@ class ImageTask:
 
     def __init__(self, cfg: Config) -> None:
         d = cfg.data
-        self.dataset: ImageDataset = load_dataset(d.name, path=d.path, resolution=d.resolution, channels=d.channels)
+        self.dataset: ImageDataset = load_dataset(d.name, path=d.path, resolution=d.resolution, channels=d.channels,
+                                                  size=d.size, holdout=d.holdout)
         if len(self.dataset) == 0:
             raise UserError(f"dataset {d.name} has no images: check data.path")
         conditional = d.class_conditional and self.dataset.num_classes > 1
