@@ -1,4 +1,4 @@
-"""Command line: ``difflab train | sample | fid | eval | features | demo | report``.
+"""Command line: ``difflab train | sample | fid | eval | features | demo | report | clip``.
 
 Bad input ends with one line ``error: <problem>: <fix>`` on stderr and exit status 2.
 """
@@ -58,7 +58,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _train_config(args: argparse.Namespace):
+def _train_config(args: argparse.Namespace, fresh=None):
+    """The run's own config with --resume, else ``fresh(overrides)`` (default: the CONFIG file); then the budget flags."""
     from difflab import io
     from difflab.config import apply_overrides, load_config
 
@@ -66,7 +67,7 @@ def _train_config(args: argparse.Namespace):
     if args.resume and run_config.is_file():
         cfg = apply_overrides(io.read_run_config(args.out), args.overrides)
     else:
-        cfg = load_config(args.config, args.overrides)
+        cfg = fresh(args.overrides) if fresh else load_config(args.config, args.overrides)
     budget = [f"train.max_steps={args.max_steps}"] if args.max_steps is not None else []
     if args.max_minutes is not None:
         budget.append(f"train.max_minutes={args.max_minutes}")
@@ -325,11 +326,68 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+# -- clip --------------------------------------------------------------------------------------
+def _add_clip(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("clip", help="difflab's own CLIP: train it, measure it",
+                       description="A small CLIP (image CNN + text transformer, contrastive loss) trained on a "
+                                   "captioned dataset; it gives the CLIP score of `difflab eval` and the frozen "
+                                   "text encoder model.text_encoder=clip.")
+    csub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    t = csub.add_parser("train", help="train a CLIP into a run folder",
+                        description="Train a CLIP with the built-in default (spelled out in configs/clip_shapes.yaml).")
+    t.add_argument("--data", required=True, help="captioned dataset: shapes, or image-folder with --data-path")
+    t.add_argument("--data-path", help="dataset folder (image-folder: images plus metadata.jsonl captions)")
+    t.add_argument("--out", help="run folder (default runs/clip-NAME)")
+    t.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config values, e.g. --set clip.embed_dim=64 train.lr=1e-3")
+    t.add_argument("--max-steps", type=_non_negative_int, help="stop after this many optimizer steps in total")
+    t.add_argument("--max-minutes", type=_positive(float), help="stop the training loop after this many minutes")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_clip_train)
+    e = csub.add_parser("eval", help="retrieval accuracy and CLIP score on held-out images",
+                        description="Image -> text retrieval accuracy among the distinct captions and the CLIP score "
+                                    "of matched vs mismatched pairs on --n test images; updates RUN/metrics.json "
+                                    "(under 'clip').")
+    e.add_argument("run", help="run folder written by `difflab clip train`")
+    e.add_argument("--n", type=_positive(int), default=1000, help="test images (default 1000)")
+    e.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    e.set_defaults(func=cmd_clip_eval)
+
+
+def cmd_clip_train(args: argparse.Namespace) -> None:
+    from difflab.tasks.clip import ClipTask, clip_config
+    from difflab.train import check_train_config, train
+
+    args.out = args.out or f"runs/clip-{args.data}"
+    cfg = _train_config(args, lambda overrides: clip_config(args.data, data_path=args.data_path, overrides=overrides))
+    if cfg.task != "clip":
+        raise UserError(f"{args.out} holds a {cfg.task} run, not a CLIP run: choose another --out")
+    check_train_config(cfg.train)
+    ckpt = train(ClipTask(cfg), args.out, resume=args.resume, progress=not args.no_progress)
+    if _is_main_process():
+        print(f"trained {args.out}: checkpoint {ckpt}; measure it with `difflab clip eval {args.out}`")
+
+
+def cmd_clip_eval(args: argparse.Namespace) -> None:
+    from difflab.evaluate.clip_score import evaluate_clip_run
+    from difflab.evaluate.run_eval import EVAL_FILE
+
+    m = evaluate_clip_run(args.run, n=args.n, device=_device(args.device))
+    print(f"{m['n']} {m['data']} images, {m['distinct_texts']} distinct captions, checkpoint step "
+          f"{m['checkpoint_step']}")
+    print(f"retrieval accuracy     {m['retrieval']:.4f} (image -> caption, top-1; chance {m['chance']:.4f})")
+    print(f"CLIP score matched     {m['clip_score']:.2f}")
+    print(f"CLIP score mismatched  {m['clip_score_mismatched']:.2f} (gap {m['gap']:.2f})")
+    print(f"wrote {Path(args.run) / EVAL_FILE}")
+
+
 # -- entry point -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="difflab", description="Train, sample and evaluate diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_train, _add_sample, _add_fid, _add_eval, _add_features, _add_demo, _add_report):
+    for add in (_add_train, _add_sample, _add_fid, _add_eval, _add_features, _add_demo, _add_report,
+                _add_clip):
         add(sub)
     return parser
 
