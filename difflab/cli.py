@@ -1,4 +1,4 @@
-"""Command line: ``difflab train | sample | fid | eval | features | demo | report | clip``.
+"""Command line: ``difflab train | sample | fid | eval | features | demo | report | clip | data``.
 
 Bad input ends with one line ``error: <problem>: <fix>`` on stderr and exit status 2.
 """
@@ -382,12 +382,35 @@ def cmd_clip_eval(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.run) / EVAL_FILE}")
 
 
+# -- data --------------------------------------------------------------------------------------
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="write a generated dataset to disk")
+    dsub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    s = dsub.add_parser("shapes", help="captioned shapes as an image folder (PNG files + metadata.jsonl)",
+                        description="Render captioned shapes into a new folder that data.name=image-folder reads "
+                                    "back with its captions (see README, Captioned shapes).")
+    s.add_argument("--out", required=True, help="new folder to write")
+    s.add_argument("--n", type=_positive(int), required=True, help="number of images")
+    s.add_argument("--resolution", type=_positive(int), default=32, help="image side, at least 16 (default 32)")
+    s.add_argument("--seed", type=int, default=0, help="random seed of attributes and rendering")
+    s.add_argument("--holdout", nargs="+", default=[], metavar="COMBINATION",
+                   help='attribute combinations to leave out, e.g. --holdout "red triangle" "large cyan"')
+    s.set_defaults(func=cmd_data_shapes)
+
+
+def cmd_data_shapes(args: argparse.Namespace) -> None:
+    from difflab.data.shapes import write_shapes_folder
+
+    out = write_shapes_folder(args.out, args.n, resolution=args.resolution, seed=args.seed, holdout=args.holdout)
+    print(f"wrote {args.n} images and their captions to {out}")
+
+
 # -- entry point -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="difflab", description="Train, sample and evaluate diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (_add_train, _add_sample, _add_fid, _add_eval, _add_features, _add_demo, _add_report,
-                _add_clip):
+                _add_clip, _add_data):
         add(sub)
     return parser
 

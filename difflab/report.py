@@ -231,7 +231,8 @@ def class_names(cfg: Config) -> list[str]:
     K = cfg.model.num_classes
     try:
         d = cfg.data
-        names = load_dataset(d.name, path=d.path, resolution=d.resolution, channels=d.channels).class_names
+        names = load_dataset(d.name, path=d.path, resolution=d.resolution, channels=d.channels, size=d.size,
+                             holdout=d.holdout).class_names
     except UserError:
         names = []
     return list(names) if len(names) == K else [str(k) for k in range(K)]

@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from difflab.data.digits import load_digits_dataset
 from difflab.data.idx import load_idx_dataset
 from difflab.data.image_folder import load_image_folder
 from difflab.data.images import ImageDataset
+from difflab.data.shapes import load_shapes_dataset
 from difflab.errors import UserError
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "image-folder")
+DATASETS = ("digits", "mnist", "fashion-mnist", "image-folder", "shapes")
 SPLITS = ("train", "test")
 
 __all__ = ["DATASETS", "ImageDataset", "load_dataset"]
@@ -29,7 +32,8 @@ def _check(name: str, resolution: int | None, split: str) -> None:
 
 
 def load_dataset(name: str, *, path: str | None = None, resolution: int | None = None,
-                 channels: int | None = None, split: str = "train") -> ImageDataset:
+                 channels: int | None = None, split: str = "train", size: int | None = None,
+                 holdout: Sequence[str] = ()) -> ImageDataset:
     """Load a whole image dataset into memory.
 
     Args:
@@ -38,12 +42,18 @@ def load_dataset(name: str, *, path: str | None = None, resolution: int | None =
             "mnist" / "fashion-mnist" (IDX files under ``path``; fashion-mnist defaults to
             ``/usr/share/datasets/fashion-mnist``, from ``make data``),
             "image-folder" (every image under ``path``; classes from sub-folders, captions from
-            metadata.jsonl; it has no held-out part, so "test" gives the same images as "train").
+            metadata.jsonl; it has no held-out part, so "test" gives the same images as "train"),
+            "shapes" (captioned shapes rendered in memory, see :mod:`difflab.data.shapes`; ``path`` ignored).
         path: the dataset's folder; None = its default place.
-        resolution: square side in pixels; None = native (8 digits, 28 MNIST family, 32 image-folder).
-        channels: None = native (1 for digits and the MNIST family, 3 for image-folder); the
-            greyscale sets also give 3 (channel repeated), image-folder also 1 (L) or 4 (RGBA).
+        resolution: square side in pixels; None = native (8 digits, 28 MNIST family, 32 image-folder
+            and shapes).
+        channels: None = native (1 for digits and the MNIST family, 3 for image-folder and shapes);
+            the greyscale sets also give 3 (channel repeated), image-folder also 1 (L) or 4 (RGBA),
+            shapes also 1 (luma).
         split: "train" or "test".
+        size: shapes: images in the train split (None = 20,000); ignored by the other datasets.
+        holdout: shapes: attribute combinations kept out of the train split, e.g. ["red triangle"];
+            ignored by the other datasets.
 
     Returns:
         The :class:`ImageDataset`, images uint8 ``(N, C, resolution, resolution)``.
@@ -56,4 +66,6 @@ def load_dataset(name: str, *, path: str | None = None, resolution: int | None =
         return load_digits_dataset(resolution=resolution, channels=channels, split=split)
     if name == "image-folder":
         return load_image_folder(path, resolution=resolution, channels=channels, split=split)
+    if name == "shapes":
+        return load_shapes_dataset(resolution, channels, split, size=size, holdout=holdout)
     return load_idx_dataset(name, path=path, resolution=resolution, channels=channels, split=split)

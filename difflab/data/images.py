@@ -27,6 +27,7 @@ class ImageDataset:
     class_names: list[str]  # [] when no classes
     texts: list[str] | None  # one caption per image (image-folder metadata.jsonl), else None
     skipped: int = 0  # bad files skipped while loading
+    attributes: Tensor | None = None  # int64 (N, A) per-image attribute ids (shapes: size, color, shape, position)
 
     @property
     def num_classes(self) -> int:

@@ -283,7 +283,8 @@ def evaluate_run_nll(run: str | Path, *, n: int = NLL_IMAGES, strata: int | None
     ckpt = Path(checkpoint) if checkpoint is not None else io.require_checkpoint(run)
     step = int(ckpt.name.removeprefix(io.CHECKPOINT_PREFIX))
     d = cfg.data
-    test = load_dataset(d.name, path=d.path, resolution=d.resolution, channels=d.channels, split="test")
+    test = load_dataset(d.name, path=d.path, resolution=d.resolution, channels=d.channels, split="test",
+                        size=d.size, holdout=d.holdout)
     _, model = load_image_model(run, device, checkpoint=ckpt)
     images = fixed_subset(test.images, n)  # uint8 (n, C, H, W)
     result = {"checkpoint_step": step, "data": f"{d.name} (test split)",
