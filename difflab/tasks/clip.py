@@ -7,7 +7,9 @@ caption twice; such pairs are counted as positives of each other
 
 The built-in default (:func:`clip_config`, spelled out in configs/clip_shapes.yaml) is sized so
 that ``difflab clip train --data shapes`` reaches >= 95% retrieval accuracy on held-out renders in
-a few CPU-minutes.
+well under the 2-3 CPU-minutes asked of it (measured with OMP_NUM_THREADS=2: 300 steps in 58 s,
+then ``difflab clip eval``: retrieval 1.000 among 299 captions on 1000 test renders, CLIP score
+99.0 matched vs 11.5 mismatched; 100 steps already gave 1.000).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from difflab.models.text_encoders import WordTokenizer
 # The default budget of `difflab clip train` and of the cached CLIP behind `difflab eval`'s CLIP score.
 CLIP_DEFAULTS = ("task=clip", "train.batch_size=128", "train.lr=2e-3", "train.weight_decay=0.01",
                  "train.warmup_steps=50", "train.lr_decay=cosine", "train.ema_decay=0.99",
-                 "train.max_steps=1200", "train.max_minutes=3", "train.checkpoint_every=300",
+                 "train.max_steps=300", "train.max_minutes=3", "train.checkpoint_every=100",
                  "train.log_every=25")
 
 
