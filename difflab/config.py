@@ -44,6 +44,7 @@ class ModelConfig:
     dropout: float = 0.0
     norm_groups: int = 8
     patch_size: int = 1  # space-to-depth factor before the network (2: a quarter of the positions)
+    coord_channels: bool = False  # append (y, x) coordinates to the input (CoordConv): position from captions
     num_classes: int = 0  # filled in from the data when data.class_conditional
     cond_drop_prob: float = 0.1  # condition (class or caption) dropout to the learned null (for guidance)
     text_encoder: str = "none"  # none | scratch (trained jointly) | minilm (frozen, pretrained) | clip (frozen, difflab's)

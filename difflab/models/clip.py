@@ -25,27 +25,18 @@ from difflab import io
 from difflab.config import Config
 from difflab.errors import UserError
 from difflab.models.text_encoders import TextTransformer, WordTokenizer
+from difflab.nn.embeddings import COORD_CHANNELS, coordinate_channels
 
 TOKENIZER_FILE = "tokenizer.json"  # RUN/tokenizer.json: the vocabulary of the training captions
 MAX_LOGIT_SCALE = math.log(100)  # t is clamped here: temperature >= 0.01 (Radford et al. 2021, Sec. 2.5)
 IMAGE_STAGES = 3  # stride-2 stages: 32x32 -> 4x4 before pooling; channels double at each
 NORM_GROUPS = 8  # GroupNorm groups of the image encoder (no batch statistics: eval equals train)
-COORD_CHANNELS = 2  # (y, x) in [-1, 1] appended to the image (CoordConv, Liu et al. 2018): pooling keeps where
 
 
 def _conv_block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     """3x3 conv -> GroupNorm -> SiLU."""
     return nn.Sequential(nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
                          nn.GroupNorm(NORM_GROUPS, c_out), nn.SiLU())
-
-
-def coordinate_channels(x: Tensor) -> Tensor:
-    """x (B, C, H, W) with two more channels holding each pixel's (y, x) in [-1, 1] -> (B, C + 2, H, W)."""
-    B, _, H, W = x.shape
-    ys = torch.linspace(-1, 1, H, device=x.device, dtype=x.dtype)
-    xs = torch.linspace(-1, 1, W, device=x.device, dtype=x.dtype)
-    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))  # (2, H, W)
-    return torch.cat([x, grid.expand(B, -1, -1, -1)], dim=1)  # (B, C + 2, H, W)
 
 
 class ImageEncoder(nn.Module):

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from difflab.errors import UserError
 from difflab.nn.attention import SpatialAttention
 from difflab.nn.blocks import KERNEL, PAD, RESAMPLE_FACTOR, Downsample, ResBlock, Upsample, zero_init
-from difflab.nn.embeddings import TimestepEmbedding
+from difflab.nn.embeddings import COORD_CHANNELS, TimestepEmbedding, coordinate_channels
 
 TIME_EMBED_MULT = 4  # embedding width D = 4 x base_channels (Ho et al. 2020, Appendix B; ADM)
 
@@ -143,18 +143,20 @@ class UNet(nn.Module):
         norm_groups: GroupNorm groups; must divide every level width.
         patch_size: space-to-depth factor p: the network runs on (C p^2, H/p, W/p) via pixel
             unshuffle and shuffles back at the end (p^2 times fewer positions; cheap on CPUs).
+        coord_channels: append each position's (y, x) to the input (CoordConv): lets a small
+            network place things where a caption says ("at the top left").
     """
 
     def __init__(self, *, in_channels: int, out_channels: int | None = None, base_channels: int = 64,
                  channel_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 2,
                  attention_levels: Sequence[int] = (2,), num_heads: int = 4, dropout: float = 0.0,
                  num_classes: int = 0, context_dim: int = 0, pooled_dim: int = 0, norm_groups: int = 8,
-                 patch_size: int = 1) -> None:
+                 patch_size: int = 1, coord_channels: bool = False) -> None:
         super().__init__()
         widths = [base_channels * m for m in channel_mult]
         _check_config(in_channels, widths, attention_levels, norm_groups, num_classes, context_dim, pooled_dim)
         self.in_channels, self.out_channels = in_channels, out_channels or in_channels
-        self.patch_size = patch_size
+        self.patch_size, self.coord_channels = patch_size, coord_channels
         self.levels, self.num_classes, self.context_dim = len(widths), num_classes, context_dim
         embed_dim = TIME_EMBED_MULT * base_channels
         res = partial(ResBlock, embed_dim=embed_dim, dropout=dropout, norm_groups=norm_groups)
@@ -166,7 +168,8 @@ class UNet(nn.Module):
         self.null_context = nn.Parameter(torch.zeros(context_dim)) if context_dim else None  # (D,)
         self.pooled_proj = nn.Linear(pooled_dim, embed_dim) if pooled_dim else None
         self.null_pooled = nn.Parameter(torch.zeros(pooled_dim)) if pooled_dim else None  # (P,)
-        self.conv_in = nn.Conv2d(in_channels * patch_size ** 2, widths[0], KERNEL, padding=PAD)
+        coords = COORD_CHANNELS if coord_channels else 0
+        self.conv_in = nn.Conv2d(in_channels * patch_size ** 2 + coords, widths[0], KERNEL, padding=PAD)
         self.down, skips = build.down(widths)
         mid = widths[-1]
         self.middle = _Stage([res(mid, mid), *attn(mid), res(mid, mid)])
@@ -272,7 +275,8 @@ class UNet(nn.Module):
         if pooled_emb is not None:
             emb = emb + pooled_emb.to(emb.dtype)  # (B, D)
         context, context_mask = self._context(context, context_mask, drop)  # (B, L, D_ctx), (B, L)
-        h = self.conv_in(F.pixel_unshuffle(x, self.patch_size))  # (B, C_0, H/p, W/p)
+        h = F.pixel_unshuffle(x, self.patch_size)  # (B, C p^2, H/p, W/p)
+        h = self.conv_in(coordinate_channels(h) if self.coord_channels else h)  # (B, C_0, H/p, W/p)
         hs = [h]
         for stage in self.down:
             h = stage(h, emb, context, context_mask)  # (B, C_l, H_l, W_l)

@@ -57,3 +57,15 @@ class TimestepEmbedding(nn.Module):
         """(B,) float times -> (B, embed_dim)."""
         freqs = timestep_embedding(t, self.dim, self.max_period)  # (B, dim)
         return self.mlp(freqs.to(self.mlp[0].weight.dtype))  # (B, D)
+
+
+COORD_CHANNELS = 2  # (y, x) in [-1, 1] appended to an image (CoordConv, Liu et al. 2018): convolutions then know where
+
+
+def coordinate_channels(x: Tensor) -> Tensor:
+    """x (B, C, H, W) with two more channels holding each pixel's (y, x) in [-1, 1] -> (B, C + 2, H, W)."""
+    B, _, H, W = x.shape
+    ys = torch.linspace(-1, 1, H, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1, 1, W, device=x.device, dtype=x.dtype)
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))  # (2, H, W)
+    return torch.cat([x, grid.expand(B, -1, -1, -1)], dim=1)  # (B, C + 2, H, W)

@@ -38,7 +38,7 @@ def build_unet(cfg: Config, channels: int, *, context_dim: int = 0, pooled_dim: 
     return UNet(in_channels=channels, base_channels=m.base_channels, channel_mult=m.channel_mult,
                 num_res_blocks=m.num_res_blocks, attention_levels=m.attention_levels, num_heads=m.num_heads,
                 dropout=m.dropout, num_classes=m.num_classes, context_dim=context_dim, pooled_dim=pooled_dim,
-                norm_groups=m.norm_groups, patch_size=m.patch_size)
+                norm_groups=m.norm_groups, patch_size=m.patch_size, coord_channels=m.coord_channels)
 
 
 def image_channels(cfg: Config) -> int:
