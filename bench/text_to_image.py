@@ -66,10 +66,9 @@ def grammar_prompts(n: int, seed: int, holdout: tuple[str, ...] = (), held_out: 
 
 def train_run(out: Path, minutes: float, overrides: list[str]) -> dict:
     """Train configs/shapes.yaml with ``overrides`` for ``minutes`` (reused when finished)."""
-    ckpt = io.latest_checkpoint(out)
-    if ckpt is None or not io.load_state(ckpt).get("finished"):
+    if not io.is_finished(out):
         cfg = apply_overrides(load_config(CONFIG, overrides), [f"train.max_minutes={minutes}", "train.max_steps=1000000"])
-        train(build_task(cfg), out, resume=ckpt is not None, progress=False)
+        train(build_task(cfg), out, resume=io.latest_checkpoint(out) is not None, progress=False)
     state = io.load_state(io.latest_checkpoint(out))
     batch = load_config(out / io.CONFIG_FILE).train.batch_size
     return {"steps": state["step"], "train_seconds": round(state["elapsed_s"], 1),

@@ -44,17 +44,12 @@ def demo_config() -> Config:
     )
 
 
-def _finished(run: Path) -> bool:
-    ckpt = io.latest_checkpoint(run)
-    return ckpt is not None and bool(io.load_state(ckpt).get("finished", False))
-
-
 def _train(out: Path, config: str | None) -> None:
     """Train (or resume, or reuse) the demo run in ``out``."""
     from difflab.tasks import build_task
     from difflab.train import train
 
-    if _finished(out):
+    if io.is_finished(out):
         print(f"reusing the finished run in {out} (delete it to train again)")
         return
     resume = io.latest_checkpoint(out) is not None

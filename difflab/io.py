@@ -86,6 +86,12 @@ def latest_checkpoint(run: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+def is_finished(run: str | Path) -> bool:
+    """Whether a run's newest checkpoint was written at the end of training (not by a killed run)."""
+    ckpt = latest_checkpoint(run)
+    return ckpt is not None and bool(load_state(ckpt).get("finished", False))
+
+
 def require_checkpoint(run: str | Path) -> Path:
     """Like :func:`latest_checkpoint`, but a one-line error when there is none."""
     ckpt = latest_checkpoint(run)

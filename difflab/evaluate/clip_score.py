@@ -184,11 +184,6 @@ def default_clip_path(data: str, resolution: int, channels: int, data_path: str 
     return cache_dir(CLIP_DIR) / key
 
 
-def _finished(run: Path) -> bool:
-    ckpt = io.latest_checkpoint(run)
-    return ckpt is not None and bool(io.load_state(ckpt).get("finished", False))
-
-
 def get_default_clip(data: str, data_path: str | None = None, resolution: int | None = None,
                      channels: int | None = None, progress: bool = True) -> Path:
     """The run folder of the default CLIP of a dataset, trained once (default budget) when missing.
@@ -211,7 +206,7 @@ def get_default_clip(data: str, data_path: str | None = None, resolution: int | 
         task = ClipTask(cfg)
         resolution, channels = task.config.data.resolution, task.config.data.channels
     run = default_clip_path(data, resolution, channels, data_path)
-    if not _finished(run):
+    if not io.is_finished(run):
         print(f"no CLIP for {data} at {resolution}x{resolution} yet: training one once with the default "
               f"budget (cached in {run})")
         train(task or ClipTask(cfg), run, resume=True, progress=progress)
