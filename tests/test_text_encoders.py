@@ -222,3 +222,15 @@ def test_clip_text_encoder_runs_the_text_tower_under_no_grad_with_cache(tokenize
     holder = nn.Module()
     holder.text_encoder = enc
     assert len(holder.state_dict()) == 0
+
+
+def test_scratch_pooled_is_the_mean_and_sees_the_last_word() -> None:
+    """The scratch encoder pools by a masked mean: the position words at the end of a shapes caption
+    reach the pooled vector (its [CLS] state learned to ignore them when trained with a denoiser)."""
+    from difflab.models.text_encoders import masked_mean
+
+    texts = ["a large red circle at the top left", "a large red circle at the top right", "a red circle"]
+    enc = build_text_encoder("scratch", texts=texts, width=16, layers=1, heads=2, max_length=12)
+    context, mask, pooled = enc(**enc.tokenize(texts))
+    torch.testing.assert_close(pooled, masked_mean(context, mask))
+    assert not torch.allclose(pooled[0], pooled[1])

@@ -204,9 +204,14 @@ class ScratchTextEncoder(TextEncoder):
         return {"tokens": tokens, "token_mask": mask}
 
     def forward(self, tokens: Tensor, token_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """tokens (B, L), token_mask (B, L) -> (context (B, L, D), context_mask (B, L), pooled (B, D))."""
-        states, pooled = self.transformer(tokens, token_mask)  # (B, L, D), (B, D)
-        return states, token_mask, pooled
+        """tokens (B, L), token_mask (B, L) -> (context (B, L, D), context_mask (B, L), pooled (B, D)).
+
+        pooled is the mean of the token states, not the [CLS] state: trained jointly with a denoiser,
+        the [CLS] state learned to ignore the caption's last words ("at the top left": the position
+        was at chance after 1,450 steps, BENCHMARKS.md), while a mean carries every word from the start.
+        """
+        states, _ = self.transformer(tokens, token_mask)  # (B, L, D)
+        return states, token_mask, masked_mean(states, token_mask)
 
     def to_json(self) -> str:
         """The vocabulary as JSON text (``build_text_encoder(..., vocab_json=...)`` rebuilds the encoder)."""
@@ -274,15 +279,16 @@ class FrozenTextEncoder(TextEncoder):
         return context, context_mask, pooled
 
 
-def masked_mean_normalized(states: Tensor, mask: Tensor) -> Tensor:
-    """Mean of (B, L, D) ``states`` over the True positions of ``mask`` (B, L), scaled to unit length.
-
-    The pooling of sentence-transformers (Reimers & Gurevych 2019, Sec. 3: MEAN strategy), then its
-    Normalize module.
-    """
+def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
+    """Mean of (B, L, D) ``states`` over the True positions of ``mask`` (B, L) -> (B, D)."""
     w = mask.to(states.dtype)[..., None]  # (B, L, 1)
-    mean = (states * w).sum(1) / w.sum(1).clamp_min(torch.finfo(states.dtype).tiny)  # (B, D)
-    return nn.functional.normalize(mean, dim=-1)
+    return (states * w).sum(1) / w.sum(1).clamp_min(torch.finfo(states.dtype).tiny)  # (B, D)
+
+
+def masked_mean_normalized(states: Tensor, mask: Tensor) -> Tensor:
+    """:func:`masked_mean` scaled to unit length: the pooling of sentence-transformers (Reimers &
+    Gurevych 2019, Sec. 3: MEAN strategy), then its Normalize module."""
+    return nn.functional.normalize(masked_mean(states, mask), dim=-1)
 
 
 class MiniLMEncoder(FrozenTextEncoder):
