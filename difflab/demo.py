@@ -10,6 +10,7 @@ output folder and resumes an interrupted one. ``--config`` trains any other conf
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from difflab.tasks.image import generate, load_image_model
 from difflab.tasks.text_to_image import default_prompts, is_text_to_image
 
 DEMO_FID_SAMPLES = 1000  # fixed sample count of the demo's FID and CLIP score
+DEMO_MINUTES = 6.0  # the demo's training budget (configs/shapes.yaml trains 10): make demo < 15 min on 2 cores
 DEMO_PER_ROW = 8  # grid columns: samples per prompt (or class)
 DEMO_PROMPTS = (
     "a large red circle in the center",
@@ -54,7 +56,8 @@ def _train(out: Path, config: str | None) -> None:
         print(f"reusing the finished run in {out} (delete it to train again)")
         return
     resume = io.latest_checkpoint(out) is not None
-    cfg = io.read_run_config(out) if resume else load_config(config) if config else demo_config()
+    cfg = io.read_run_config(out) if resume else load_config(config) if config else replace(
+        demo_config(), train=replace(demo_config().train, max_minutes=DEMO_MINUTES))
     print(f"training {cfg.data.name} for at most {cfg.train.max_minutes or '-'} minutes / "
           f"{cfg.train.max_steps} steps into {out}")
     train(build_task(cfg), out, resume=resume)
