@@ -39,7 +39,7 @@ def demo_config() -> Config:
     """The built-in default that ``make demo`` trains; configs/shapes.yaml spells it out."""
     return Config(
         data=DataConfig(name="shapes"),
-        model=ModelConfig(patch_size=2, coord_channels=True, text_encoder="scratch"),
+        model=ModelConfig(patch_size=2, coord_channels=True, text_encoder="minilm"),
         diffusion=DiffusionConfig(schedule="cosine", prediction="v"),
         train=TrainConfig(batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.99, max_steps=100_000,
                           max_minutes=10.0),
