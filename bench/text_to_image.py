@@ -104,11 +104,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=10.0, help="training budget of each run")
     p.add_argument("--n", type=int, default=500, help="prompts (one image each) per row")
-    p.add_argument("--encoders", nargs="+", choices=ENCODERS, default=list(ENCODERS))
+    p.add_argument("--encoders", nargs="*", choices=ENCODERS, default=list(ENCODERS),
+                   help="encoders of the table (none: only the held-out run)")
     p.add_argument("--guidance", type=float, nargs="+", default=list(GUIDANCES))
     p.add_argument("--score", type=Path, help="only score this trained run")
     p.add_argument("--skip-holdout", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--name", help="results name (default t2i-<date>): <out>/<name>.json and run folders in <out>/<name>/")
     args = p.parse_args()
     date = datetime.date.today().isoformat()
     prompts, _ = grammar_prompts(args.n, BENCH_SEED)
@@ -118,7 +120,8 @@ def main() -> None:
         print(json.dumps(rows, indent=1))
         print(table(rows))
         return
-    work = args.out / f"t2i-{date}"
+    name = args.name or f"t2i-{date}"
+    work = args.out / name
     work.mkdir(parents=True, exist_ok=True)
     clip_run = get_default_clip("shapes", resolution=32, channels=3)  # trained once, outside every timed phase
     res = {"date": date, "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
@@ -138,8 +141,9 @@ def main() -> None:
         for name, held in (("held_out", True), ("seen", False)):
             ps, _ = grammar_prompts(args.n, BENCH_SEED, HOLDOUT, held_out=held)
             res["holdout"][name] = score(work / "holdout", ps, default.sample.guidance, fid=False)
-    (args.out / f"t2i-{date}.json").write_text(json.dumps(res, indent=1))
-    print(table(res["rows"]))
+    (args.out / f"{name}.json").write_text(json.dumps(res, indent=1))
+    if res["rows"]:
+        print(table(res["rows"]))
     if "holdout" in res:
         h = res["holdout"]
         print(f"held-out combinations {h['combinations']}: all four right {100 * h['held_out']['attr_all']:.1f}% "
