@@ -138,9 +138,9 @@ def main() -> None:
         default = load_config(CONFIG)
         trained = train_run(work / "holdout", args.minutes, [f"data.holdout={json.dumps(list(HOLDOUT))}"])
         res["holdout"] = {"combinations": list(HOLDOUT), "encoder": default.model.text_encoder, **trained}
-        for name, held in (("held_out", True), ("seen", False)):
+        for part, held in (("held_out", True), ("seen", False)):
             ps, _ = grammar_prompts(args.n, BENCH_SEED, HOLDOUT, held_out=held)
-            res["holdout"][name] = score(work / "holdout", ps, default.sample.guidance, fid=False)
+            res["holdout"][part] = score(work / "holdout", ps, default.sample.guidance, fid=False)
     (args.out / f"{name}.json").write_text(json.dumps(res, indent=1))
     if res["rows"]:
         print(table(res["rows"]))
