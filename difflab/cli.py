@@ -49,13 +49,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                    "without it the built-in default (class-conditional digits) is used.")
     p.add_argument("config", nargs="?", help="YAML config; optional with --resume (the run's config.yaml is used)")
     p.add_argument("--out", required=True, help="run folder to create (or continue with --resume)")
+    _add_training_flags(p, "train.lr=1e-3 model.base_channels=32")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_training_flags(p: argparse.ArgumentParser, example: str) -> None:
+    """--set, --max-steps, --max-minutes, --resume, --no-progress: shared by `train` and `clip train`."""
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config values, e.g. --set train.lr=1e-3 model.base_channels=32")
+                   help=f"override config values, e.g. --set {example}")
     p.add_argument("--max-steps", type=_non_negative_int, help="stop after this many optimizer steps in total")
     p.add_argument("--max-minutes", type=_positive(float), help="stop the training loop after this many minutes")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
 
 
 def _train_config(args: argparse.Namespace, fresh=None):
@@ -339,12 +344,7 @@ def _add_clip(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--data", required=True, help="captioned dataset: shapes, or image-folder with --data-path")
     t.add_argument("--data-path", help="dataset folder (image-folder: images plus metadata.jsonl captions)")
     t.add_argument("--out", help="run folder (default runs/clip-NAME)")
-    t.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config values, e.g. --set clip.embed_dim=64 train.lr=1e-3")
-    t.add_argument("--max-steps", type=_non_negative_int, help="stop after this many optimizer steps in total")
-    t.add_argument("--max-minutes", type=_positive(float), help="stop the training loop after this many minutes")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_training_flags(t, "clip.embed_dim=64 train.lr=1e-3")
     t.set_defaults(func=cmd_clip_train)
     e = csub.add_parser("eval", help="retrieval accuracy and CLIP score on held-out images",
                         description="Image -> text retrieval accuracy among the distinct captions and the CLIP score "
