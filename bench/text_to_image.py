@@ -31,19 +31,19 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from difflab import io  # noqa: E402
-from difflab.config import apply_overrides, load_config  # noqa: E402
+from difflab.config import load_config  # noqa: E402
 from difflab.data.shapes import ATTRIBUTES, caption, matches_holdout, random_attributes  # noqa: E402
 from difflab.evaluate.clip_score import get_default_clip  # noqa: E402
 from difflab.evaluate.fid import compute_fid  # noqa: E402
 from difflab.evaluate.run_eval import text_metrics  # noqa: E402
-from difflab.tasks import build_task  # noqa: E402
 from difflab.tasks.image import generate, load_image_model  # noqa: E402
-from difflab.train import train  # noqa: E402
+from runs import train_for  # noqa: E402
 
 BENCH_SEED = 2026  # the prompts' seed: not the dataset's (0 train, 1 test) nor the classifier's (1000 + s, 999)
 ENCODERS = ("scratch", "minilm", "clip")
@@ -66,14 +66,7 @@ def grammar_prompts(n: int, seed: int, holdout: tuple[str, ...] = (), held_out: 
 
 def train_run(out: Path, minutes: float, overrides: list[str]) -> dict:
     """Train configs/shapes.yaml with ``overrides`` for ``minutes`` (reused when finished)."""
-    if not io.is_finished(out):
-        cfg = apply_overrides(load_config(CONFIG, overrides), [f"train.max_minutes={minutes}", "train.max_steps=1000000"])
-        train(build_task(cfg), out, resume=io.latest_checkpoint(out) is not None, progress=False)
-    state = io.load_state(io.latest_checkpoint(out))
-    batch = load_config(out / io.CONFIG_FILE).train.batch_size
-    return {"steps": state["step"], "train_seconds": round(state["elapsed_s"], 1),
-            "img_per_s": round(state["step"] * batch / state["elapsed_s"], 1),
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in io.read_metrics(out))}
+    return train_for(out, CONFIG, minutes, overrides)
 
 
 def score(run: Path, prompts: list[str], guidance: float, fid: bool = True) -> dict:

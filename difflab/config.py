@@ -76,11 +76,13 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
-    lr_decay: str = "none"  # none | cosine (to 10% over max_steps)
+    lr_decay: str = "none"  # none | cosine (to 10% at max_steps or max_minutes, whichever ends first)
     grad_clip: float = 1.0
     grad_accum: int = 1
     ema_decay: float = 0.995  # horizon ~200 steps: fits a run of a few thousand steps
     mixed_precision: str = "no"  # no | bf16 | fp16
+    channels_last: bool = False  # NHWC memory format for the convolutions
+    compile: bool = False  # torch.compile (inductor): pays on long runs and GPUs; minutes of compiling on a CPU
     max_steps: int = 3000
     max_minutes: float | None = 5.0  # wall-clock budget of the training loop
     checkpoint_every: int = 500

@@ -61,12 +61,18 @@ def check_train_config(t: TrainConfig) -> None:
         raise UserError(f"unknown train.mixed_precision {t.mixed_precision!r}: use one of {', '.join(MIXED_PRECISIONS)}")
 
 
-def lr_factor(step: int, t: TrainConfig) -> float:
-    """Linear warm-up, then constant or cosine decay to COSINE_FLOOR at max_steps."""
+def lr_factor(step: int, t: TrainConfig, time_fraction: float = 0.0) -> float:
+    """Linear warm-up, then constant or cosine decay to COSINE_FLOOR at the end of the budget.
+
+    The end is whichever comes first: ``max_steps``, or ``max_minutes`` of wall clock
+    (``time_fraction`` is the part of it used so far), so a run stopped by its minute budget
+    still ends its decay where it stops.
+    """
     if step < t.warmup_steps:
         return (step + 1) / t.warmup_steps
     if t.lr_decay == "cosine" and t.max_steps > t.warmup_steps:
-        progress = min(1.0, (step - t.warmup_steps) / (t.max_steps - t.warmup_steps))
+        progress = max((step - t.warmup_steps) / (t.max_steps - t.warmup_steps), time_fraction)
+        progress = min(1.0, progress)
         return COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
     return 1.0
 
@@ -92,15 +98,18 @@ class _Trainer:
     def __init__(self, task: Task, out: Path, resume: bool, progress: bool) -> None:
         self.task, self.out, self.cfg = task, out, task.config
         t = self.cfg.train
-        self.acc = Accelerator(mixed_precision=t.mixed_precision)
+        self.acc = Accelerator(mixed_precision=t.mixed_precision, dynamo_backend="inductor" if t.compile else "no")
         task.to(self.acc.device)
         torch.manual_seed(t.seed)  # weight init is the same on every process
         model = task.build_model()
+        if t.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(model).float().requires_grad_(False).to(self.acc.device)
         opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
+        self.t0, self.elapsed_before, self.budget_used = time.perf_counter(), 0.0, 0.0
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t, self.budget_used))
         self.model, self.opt, self.sched = self.acc.prepare(model, opt, sched)
-        self.step, self.elapsed_before = 0, 0.0
+        self.step = 0
         self.progress = progress and self.acc.is_main_process
         if resume:
             self._resume()
@@ -165,11 +174,16 @@ class _Trainer:
                    min(t.ema_decay, (1 + self.step) / (EMA_WARMUP + self.step)))
         return total
 
-    def should_stop(self, deadline: float | None) -> bool:
-        stop = self.step >= self.cfg.train.max_steps or (deadline is not None and time.perf_counter() >= deadline)
-        if self.acc.num_processes > 1:  # every process must stop at the same step
-            flag = broadcast(torch.tensor([float(stop)], device=self.acc.device))
-            stop = bool(flag.item())
+    def should_stop(self) -> bool:
+        """Whether a budget is spent; also updates ``budget_used``, the part of the minute budget
+        used so far, which the lr decay reads (the main process's clock, so every process agrees)."""
+        minutes = self.cfg.train.max_minutes
+        used = self.elapsed() / (60 * minutes) if minutes else 0.0
+        stop = self.step >= self.cfg.train.max_steps or used >= 1.0
+        if self.acc.num_processes > 1:  # every process must stop at the same step, with the same lr
+            flags = broadcast(torch.tensor([float(stop), used], dtype=torch.float64, device=self.acc.device))
+            stop, used = bool(flags[0].item()), float(flags[1].item())
+        self.budget_used = used
         return stop
 
     def log(self, bar: tqdm, loss: float, images: int, since: float) -> None:
@@ -183,14 +197,13 @@ class _Trainer:
 
     def run(self) -> None:
         t = self.cfg.train
-        self.t0 = time.perf_counter()
-        deadline = self.t0 + 60 * t.max_minutes if t.max_minutes else None
+        self.t0 = time.perf_counter()  # the minute budget counts the whole run, resumed parts included
         images_per_step = t.batch_size * t.grad_accum * self.acc.num_processes
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not self.progress, desc="train",
                    unit="step", dynamic_ncols=True)
         window_loss, window_steps, window_t0 = 0.0, 0, time.perf_counter()
         self.model.train()
-        while not self.should_stop(deadline):
+        while not self.should_stop():
             window_loss += self.train_step()
             window_steps += 1
             bar.update(1)

@@ -105,3 +105,28 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     assert rows and rows[-1]["step"] == 4
     # two processes of batch 16 each: 32 images per step
     assert rows[-1]["img_per_s"] > 0
+
+
+def test_cosine_decay_ends_with_the_minute_budget():
+    """A run stopped by max_minutes ends its cosine decay there, not at max_steps (issue 5)."""
+    from difflab.train import COSINE_FLOOR, lr_factor
+
+    t = tiny_config("train.lr_decay=cosine", "train.warmup_steps=10", "train.max_steps=1000000",
+                    "train.max_minutes=10").train
+    assert lr_factor(0, t) == pytest.approx(0.1)  # warm-up
+    assert lr_factor(50, t, time_fraction=0.0) == pytest.approx(1.0, abs=1e-6)
+    assert lr_factor(50, t, time_fraction=0.5) == pytest.approx(COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5)
+    assert lr_factor(50, t, time_fraction=1.2) == pytest.approx(COSINE_FLOOR)
+    steps_bound = tiny_config("train.lr_decay=cosine", "train.warmup_steps=0", "train.max_steps=100").train
+    assert lr_factor(100, steps_bound, time_fraction=0.1) == pytest.approx(COSINE_FLOOR)
+
+
+def test_channels_last_trains_the_same_model(tmp_path):
+    """train.channels_last changes the memory layout only: the same steps give the same weights."""
+    runs = {}
+    for fmt in ("false", "true"):
+        cfg = tiny_config("train.max_steps=3", "train.checkpoint_every=1000", f"train.channels_last={fmt}")
+        train(ImageTask(cfg), tmp_path / fmt, progress=False)
+        runs[fmt] = load_file(str(io.latest_checkpoint(tmp_path / fmt) / io.MODEL_FILE))
+    for k in runs["false"]:
+        torch.testing.assert_close(runs["true"][k], runs["false"][k], rtol=1e-4, atol=1e-5)
