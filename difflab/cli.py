@@ -1,4 +1,4 @@
-"""Command line: ``difflab train | sample | fid | eval | features | demo | report | clip | data``.
+"""Command line: ``difflab train | distill | sample | fid | eval | features | demo | report | clip | data``.
 
 Bad input ends with one line ``error: <problem>: <fix>`` on stderr and exit status 2.
 """
@@ -94,12 +94,47 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+# -- distill -----------------------------------------------------------------------------------
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("distill", help="distill a run into a student that samples in a few steps",
+                       description="Progressive distillation (Salimans & Ho 2022): starting from RUN sampled with "
+                                   "--teacher-steps DDIM steps, each round trains a student (initialised from its "
+                                   "teacher) to match two teacher steps with one, halving the steps until --steps. "
+                                   "Round N is a run folder OUT/steps-N that `difflab sample` and `difflab eval` "
+                                   "use as it is (DDIM, N steps). Conditional runs are distilled with their "
+                                   "sample.guidance built in.")
+    p.add_argument("run", help="run folder written by `difflab train` (an image run)")
+    p.add_argument("--steps", type=_positive(int), required=True,
+                   help="sampling steps of the final student: --teacher-steps halved, e.g. 4")
+    p.add_argument("--out", help="folder of the rounds (default RUN/distill)")
+    p.add_argument("--teacher-steps", type=_positive(int), default=64, help="DDIM steps of RUN (default 64)")
+    p.add_argument("--minutes", type=_positive(float), default=10.0,
+                   help="wall-clock budget of all rounds, split evenly (default 10)")
+    p.add_argument("--round-minutes", type=_positive(float), help="budget of each round instead of --minutes")
+    p.add_argument("--max-steps", type=_non_negative_int, help="stop each round after this many optimizer steps")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override the students' config, e.g. --set train.lr=1e-4 distill.guidance=2")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted distillation in --out "
+                                                         "(finished rounds are skipped)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_distill)
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from difflab.distill import distill
+
+    student = distill(args.run, args.steps, out=args.out, teacher_steps=args.teacher_steps, minutes=args.minutes,
+                      round_minutes=args.round_minutes, max_steps=args.max_steps, overrides=args.overrides,
+                      resume=args.resume, progress=not args.no_progress)
+    print(f"distilled {args.run} into {student}: sample it with `difflab sample {student}`")
+
+
 # -- sample ------------------------------------------------------------------------------------
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", help="ddpm | ddim | dpmpp-2m | dpmpp-3m | euler | heun (default: the run's sample.sampler)")
     p.add_argument("--steps", type=_positive(int), help="number of sampling steps")
-    p.add_argument("--grid", help="step grid: trailing | leading | linspace | karras | edm | uniform | logsnr "
-                                  "(default: the sampler's own; dpmpp-2m: karras)")
+    p.add_argument("--grid", help="step grid: trailing | trailing-fractional | leading | linspace | karras | edm | "
+                                  "uniform | logsnr (default: the run's sample.grid, else the sampler's own)")
     p.add_argument("--eta", type=float, help="ddim: 0 = deterministic, 1 = DDPM-like noise")
     p.add_argument("--variance", help="ddpm: beta_tilde | beta")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
@@ -410,7 +445,7 @@ def cmd_data_shapes(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="difflab", description="Train, sample and evaluate diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_train, _add_sample, _add_fid, _add_eval, _add_features, _add_demo, _add_report,
+    for add in (_add_train, _add_distill, _add_sample, _add_fid, _add_eval, _add_features, _add_demo, _add_report,
                 _add_clip, _add_data):
         add(sub)
     return parser

@@ -97,7 +97,7 @@ class SampleConfig:
 
     sampler: str = "dpmpp-2m"  # ddpm | ddim | dpmpp-2m | dpmpp-3m | euler | heun
     steps: int = 20
-    grid: str | None = None  # trailing | leading | linspace | karras | edm | uniform | logsnr; None = sampler's
+    grid: str | None = None  # None = the sampler's; trailing | trailing-fractional | leading | linspace | karras | ...
     eta: float = 0.0  # ddim only
     variance: str = "beta_tilde"  # ddpm only: beta_tilde | beta
     guidance: float = 1.0  # classifier-free guidance scale; 1 = plain conditional model
@@ -118,6 +118,16 @@ class ClipConfig:
     temperature: float = 0.07  # initial softmax temperature (learned; Radford et al. 2021)
 
 
+@dataclass(frozen=True)
+class DistillConfig:
+    """Where a student of ``difflab distill`` comes from (:mod:`difflab.distill`); unset on trained runs."""
+
+    teacher: str | None = None  # run folder of the first teacher; None = not a distilled run
+    teacher_steps: int = 64  # DDIM steps of that teacher, halved each round
+    steps: int = 0  # DDIM steps of this student (= sample.steps)
+    guidance: float = 1.0  # classifier-free guidance of the first teacher, built into every student
+
+
 TASKS = ("diffusion", "clip")
 
 
@@ -132,6 +142,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 # -- dict <-> dataclass with checking -------------------------------------------------------

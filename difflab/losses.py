@@ -8,6 +8,7 @@ Optional weighting: Min-SNR-gamma (Hang et al. 2023, "Efficient Diffusion Traini
 Min-SNR Weighting Strategy", eq. 8-9), which caps the weight of low-noise steps. With
 snr = alpha_bar / (1 - alpha_bar), the weight on the x0-error is min(snr, gamma); divided by
 the factor each target already carries (snr for eps, snr + 1 for v, 1 for x0).
+Progressive distillation (Salimans & Ho 2022) weights it max(snr, 1) instead ("truncated SNR").
 
 Contrastive image-text loss of CLIP (Radford et al. 2021, "Learning Transferable Visual Models
 From Natural Language Supervision", Fig. 3): the symmetric InfoNCE over the cosine similarities
@@ -37,6 +38,19 @@ def min_snr_weight(snr: Tensor, gamma: float, prediction: Prediction) -> Tensor:
     if prediction == "v":
         return clipped / (snr + 1)
     return clipped
+
+
+def truncated_snr_weight(snr: Tensor, prediction: Prediction) -> Tensor:
+    """Per-sample weight on a target's squared error for progressive distillation (Salimans & Ho 2022, Sec. 4).
+
+    The x0-error is weighted max(snr, 1) ("truncated SNR") for eps and x0 targets, divided, as in
+    :func:`min_snr_weight`, by the factor the target already carries (snr for eps, 1 for x0); a v target
+    keeps its plain squared error, which is the x0-error weighted snr + 1 (the paper's "SNR+1").
+    """
+    if prediction == "v":
+        return torch.ones_like(snr)
+    truncated = snr.clamp(min=1)
+    return truncated / snr if prediction == "eps" else truncated
 
 
 def diffusion_loss(

@@ -32,7 +32,7 @@ from difflab.errors import UserError
 
 CLEAN_T = -1.0  # the time of clean data: alpha_bar = 1, sigma = 0
 SCHEDULES = ("linear", "cosine")
-GRIDS = ("trailing", "leading", "linspace", "karras", "edm", "logsnr", "uniform")
+GRIDS = ("trailing", "trailing-fractional", "leading", "linspace", "karras", "edm", "logsnr", "uniform")
 COSINE_S = 0.008  # Nichol & Dhariwal 2021, eq. 17 offset
 COSINE_MAX_BETA = 0.999  # Nichol & Dhariwal 2021: betas clipped to avoid a singularity at t = T
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5
@@ -190,7 +190,9 @@ def step_grid(schedule: Schedule, steps: int, kind: str = "trailing") -> Tensor:
 
     Every sampler steps from ``grid[i]`` to ``grid[i+1]`` and from the last entry to
     ``CLEAN_T``. Kinds (names as in diffusers' ``timestep_spacing``, Lin et al. 2023, Table 2):
-    ``trailing`` (starts at T-1), ``leading`` (k * T//steps), ``linspace``
+    ``trailing`` (T (1 - i/steps) - 1, rounded: starts at T-1), ``trailing-fractional`` (the same
+    without rounding, so the grids of N and 2N steps nest, as progressive distillation needs;
+    equal to ``trailing`` when steps divides T), ``leading`` (k * T//steps), ``linspace``
     (round(linspace(0, T-1, steps+1)) without 0), ``karras`` (Karras et al. 2022, eq. 5,
     fractional t), ``edm`` (the same with sigma_max capped at EDM's 80: a cosine schedule's
     sigma_max of ~2e4 would spend most steps where x_t is pure noise). Two more that, like
@@ -205,6 +207,8 @@ def step_grid(schedule: Schedule, steps: int, kind: str = "trailing") -> Tensor:
         raise UserError(f"{steps} sampling steps exceed the model's {T} diffusion steps: pass --steps {T} or fewer")
     if kind == "trailing":
         return (torch.arange(T, 0, -T / steps, dtype=torch.float64).round() - 1)[:steps]
+    if kind == "trailing-fractional":
+        return T - 1 - T * torch.arange(steps, dtype=torch.float64) / steps  # T * i exact: integers stay exact
     if kind == "leading":
         return (torch.arange(steps, dtype=torch.float64) * (T // steps)).round().flip(0)
     if kind == "linspace":

@@ -74,8 +74,13 @@ class ImageTask:
     def build_model(self) -> nn.Module:
         return build_unet(self.config, self.dataset.channels)
 
-    def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor:
-        """Algorithm 1 on a random batch drawn with ``generator`` (reproducible per step)."""
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """A random batch drawn with ``generator`` (reproducible per step).
+
+        Returns:
+            x0 (B, C, H, W) in [-1, 1] and the network's condition: ``labels`` (B,) and ``drop`` (B,),
+            True at ``model.cond_drop_prob`` (for guidance); empty for an unconditional task.
+        """
         device = self.images.device
         idx = torch.randint(0, len(self.images), (batch_size,), device=device, generator=generator)
         x0 = to_model_range(self.images[idx])
@@ -85,6 +90,11 @@ class ImageTask:
         if self.labels is not None:
             drop = torch.rand(batch_size, device=device, generator=generator) < self.config.model.cond_drop_prob
             cond = {"labels": self.labels[idx], "drop": drop}
+        return x0, cond
+
+    def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor:
+        """Algorithm 1 on a random :meth:`batch` drawn with ``generator`` (reproducible per step)."""
+        x0, cond = self.batch(batch_size, generator)
         dc = self.config.diffusion
         return diffusion_loss(lambda x_t, t: model(x_t, t, **cond), x0, self.schedule,
                               prediction=dc.prediction, weighting=dc.weighting,

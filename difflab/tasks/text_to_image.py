@@ -124,16 +124,24 @@ class TextToImageTask:
     def build_model(self) -> nn.Module:
         return build_text_unet(self.config, self.channels, self.encoder)
 
-    def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor:
-        """Algorithm 1 on a random batch of (image, caption) pairs, captions dropped at cond_drop_prob."""
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """A random batch of (image, caption) pairs drawn with ``generator`` (reproducible per step).
+
+        Returns:
+            x0 (B, C, H, W) in [-1, 1] and the network's condition: the tokenized captions and ``drop`` (B,),
+            True for empty captions and at ``model.cond_drop_prob`` (for guidance).
+        """
         device = self.images.device
         idx = torch.randint(0, len(self.images), (batch_size,), device=device, generator=generator)
         x0 = to_model_range(self.images[idx])
         cap = self.caption_index[idx]  # (B,)
-        text = {k: v[cap] for k, v in self.text.items()}
         drop = (torch.rand(batch_size, device=device, generator=generator) < self.config.model.cond_drop_prob)
-        drop = drop | self.empty[cap]  # (B,)
+        return x0, {**{k: v[cap] for k, v in self.text.items()}, "drop": drop | self.empty[cap]}
+
+    def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor:
+        """Algorithm 1 on a random :meth:`batch` of (image, caption) pairs."""
+        x0, cond = self.batch(batch_size, generator)
         dc = self.config.diffusion
-        return diffusion_loss(lambda x_t, t: model(x_t, t, drop=drop, **text), x0, self.schedule,
+        return diffusion_loss(lambda x_t, t: model(x_t, t, **cond), x0, self.schedule,
                               prediction=dc.prediction, weighting=dc.weighting,
                               min_snr_gamma=dc.min_snr_gamma, generator=generator)
