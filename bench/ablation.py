@@ -41,6 +41,7 @@ VARIANTS: dict[str, list[str]] = {
     "lr 5e-4": ["train.lr=5e-4"],
     "cosine lr decay to the budget": ["train.lr_decay=cosine"],
     "lr 2e-3 + cosine decay": ["train.lr=2e-3", "train.lr_decay=cosine"],
+    "lr 4e-3 + cosine decay": ["train.lr=4e-3", "train.lr_decay=cosine"],
     "batch 64": ["train.batch_size=64"],
     "batch 256": ["train.batch_size=256"],
     "ema 0.999": ["train.ema_decay=0.999"],

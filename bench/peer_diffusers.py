@@ -9,8 +9,12 @@ black (UNet2DModel needs sizes divisible by 4 here) and cropped back for evaluat
 best sampler for few steps, DPMSolverMultistepScheduler, samples it.
 
 Usage (one phase per process, so memory and time are measured cleanly):
-    python bench/peer_diffusers.py train --minutes 10 --out DIR
-    python bench/peer_diffusers.py sample --out DIR --n 2000 --steps 20
+    python bench/peer_diffusers.py train --minutes 30 --out DIR [--snapshots 2 5 10]
+    python bench/peer_diffusers.py sample --out DIR --n 2000 --steps 20 [--minute 10]
+
+``--snapshots`` also saves the EMA weights as they are after those minutes (DIR/min-M): the recipe
+has no schedule that depends on the budget (constant lr after warm-up, EMA warm-up by step), so
+a snapshot at M minutes is the model an M-minute run would end with.
 """
 
 from __future__ import annotations
@@ -45,7 +49,17 @@ def build_peer() -> UNet2DModel:
                        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8)
 
 
-def train_peer(out: Path, minutes: float, batch_size: int = 64, seed: int = 0) -> dict:
+def save_peer(model: UNet2DModel, ema: EMAModel, scheduler: DDPMScheduler, folder: Path) -> None:
+    """Save the EMA weights (and the noise schedule) as a diffusers model folder."""
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    model.save_pretrained(folder / "unet", safe_serialization=True)
+    scheduler.save_pretrained(folder / "scheduler")
+    ema.restore(model.parameters())
+
+
+def train_peer(out: Path, minutes: float, batch_size: int = 64, seed: int = 0,
+               snapshots: tuple[float, ...] = ()) -> dict:
     torch.manual_seed(seed)
     data = load_dataset("fashion-mnist").images  # uint8 (N, 1, 28, 28)
     model = build_peer()
@@ -55,9 +69,13 @@ def train_peer(out: Path, minutes: float, batch_size: int = 64, seed: int = 0) -
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75,
                    model_cls=UNet2DModel, model_config=model.config)
     g = torch.Generator().manual_seed(seed)
-    step, t0 = 0, time.perf_counter()
+    step, t0, pending, marks = 0, time.perf_counter(), sorted(m for m in snapshots if m < minutes), {}
     bar = tqdm(desc="diffusers peer", unit="step")
     while time.perf_counter() - t0 < 60 * minutes:
+        if pending and time.perf_counter() - t0 >= 60 * pending[0]:
+            save_peer(model, ema, scheduler, out / f"min-{pending[0]:g}")
+            marks[f"{pending[0]:g}"] = {"steps": step, "seconds": time.perf_counter() - t0}
+            pending.pop(0)
         idx = torch.randint(0, len(data), (batch_size,), generator=g)
         x0 = F.pad(to_model_range(data[idx]), (PAD,) * 4, value=-1.0)  # (B, 1, 32, 32)
         noise = torch.randn(x0.shape, generator=g)
@@ -73,10 +91,8 @@ def train_peer(out: Path, minutes: float, batch_size: int = 64, seed: int = 0) -
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
     seconds = time.perf_counter() - t0
-    ema.copy_to(model.parameters())
-    model.save_pretrained(out / "unet", safe_serialization=True)
-    scheduler.save_pretrained(out / "scheduler")
-    stats = {"steps": step, "train_seconds": seconds, "img_per_s": step * batch_size / seconds,
+    save_peer(model, ema, scheduler, out)
+    stats = {"steps": step, "train_seconds": seconds, "img_per_s": step * batch_size / seconds, "snapshots": marks,
              "params": sum(p.numel() for p in model.parameters()),
              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     (out / "train.json").write_text(json.dumps(stats, indent=1))
@@ -85,6 +101,7 @@ def train_peer(out: Path, minutes: float, batch_size: int = 64, seed: int = 0) -
 
 @torch.no_grad()
 def sample_peer(out: Path, n: int, steps: int, batch_size: int = 500, seed: int = 0) -> dict:
+    """Sample n images into out/samples-<n>-<steps>.npz; out is a run or a snapshot folder."""
     model = UNet2DModel.from_pretrained(out / "unet").eval()
     scheduler = DPMSolverMultistepScheduler.from_pretrained(out / "scheduler")
     g = torch.Generator().manual_seed(seed)
@@ -108,9 +125,14 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--snapshots", type=float, nargs="*", default=[], help="train: also save the model after these minutes")
+    p.add_argument("--minute", type=float, help="sample: the snapshot of this minute (default the end of training)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    stats = train_peer(args.out, args.minutes) if args.phase == "train" else sample_peer(args.out, args.n, args.steps)
+    if args.phase == "train":
+        stats = train_peer(args.out, args.minutes, snapshots=tuple(args.snapshots))
+    else:
+        stats = sample_peer(args.out / f"min-{args.minute:g}" if args.minute else args.out, args.n, args.steps)
     print(json.dumps(stats))
 
 
