@@ -43,6 +43,8 @@ VARIANTS: dict[str, list[str]] = {
     "lr 2e-3 + cosine decay": ["train.lr=2e-3", "train.lr_decay=cosine"],
     "lr 4e-3 + cosine decay": ["train.lr=4e-3", "train.lr_decay=cosine"],
     "batch 64": ["train.batch_size=64"],
+    "batch 32": ["train.batch_size=32"],
+    "batch 64, lr 2e-3, cosine decay": ["train.batch_size=64", "train.lr=2e-3", "train.lr_decay=cosine"],
     "batch 256": ["train.batch_size=256"],
     "ema 0.999": ["train.ema_decay=0.999"],
     "ema 0.99": ["train.ema_decay=0.99"],

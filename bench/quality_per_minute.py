@@ -151,6 +151,7 @@ class Bench:
 
     def plot(self) -> None:
         import matplotlib
+        import matplotlib.ticker
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
@@ -160,9 +161,12 @@ class Bench:
             if points:
                 ax.plot(*zip(*points), marker="o", label=label)
         ax.set(xscale="log", yscale="log", xlabel="CPU-minutes of training (2 cores)",
-               ylabel=f"FID@{self.args.n} (difflab features), {SAMPLE_NFE} NFE",
+               ylabel=f"FID@{self.res['n']} (difflab features), {SAMPLE_NFE} NFE",
                title=f"Fashion-MNIST, quality per CPU-minute ({self.res['date']})")
         ax.set_xticks(self.args.budgets, [f"{m:g}" for m in self.args.budgets])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         fig.tight_layout()
