@@ -55,6 +55,7 @@ VARIANTS: dict[str, list[str]] = {
     "no attention": ["model.attention_levels=[]"],
     "channels-last": ["train.channels_last=true"],
     "bf16 autocast": ["train.mixed_precision=bf16"],
+    "torch.compile": ["train.compile=true"],
 }
 
 

@@ -128,7 +128,7 @@ class _Trainer:
             if self.acc.is_main_process:
                 io.init_run(self.out, self.cfg)
             return
-        io.load_weights(self.acc.unwrap_model(self.model), ckpt / io.MODEL_FILE)
+        io.load_weights(self.plain_model(), ckpt / io.MODEL_FILE)
         io.load_weights(self.ema, ckpt / io.EMA_FILE)
         state = io.load_state(ckpt)
         self.opt.optimizer.load_state_dict(state["optimizer"])
@@ -141,13 +141,17 @@ class _Trainer:
     def save(self, finished: bool = False) -> None:
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            weights = {io.MODEL_FILE: self.acc.unwrap_model(self.model).state_dict(),
+            weights = {io.MODEL_FILE: self.plain_model().state_dict(),
                        io.EMA_FILE: self.ema.state_dict()}
             state = {"step": self.step, "optimizer": self.opt.optimizer.state_dict(),
                      "scheduler": self.sched.scheduler.state_dict(), "elapsed_s": self.elapsed(),
                      "finished": finished}
             io.save_checkpoint(self.out, self.step, weights, state, keep=self.cfg.train.keep_checkpoints)
         self.acc.wait_for_everyone()
+
+    def plain_model(self) -> nn.Module:
+        """The model without its process and compile wrappers (its state_dict keys are the module's)."""
+        return self.acc.unwrap_model(self.model, keep_torch_compile=False)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.t0
@@ -170,7 +174,7 @@ class _Trainer:
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
-        ema_update(self.ema, self.acc.unwrap_model(self.model),
+        ema_update(self.ema, self.plain_model(),
                    min(t.ema_decay, (1 + self.step) / (EMA_WARMUP + self.step)))
         return total
 
@@ -191,7 +195,8 @@ class _Trainer:
         row = {"step": self.step, "loss": loss, "lr": self.sched.get_last_lr()[0],
                "img_per_s": images / (time.perf_counter() - since),
                "elapsed_s": round(self.elapsed(), 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
-        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{row['img_per_s']:.0f}")
+        budget = {"minutes_used": f"{self.budget_used:.0%}"} if self.cfg.train.max_minutes else {}
+        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{row['img_per_s']:.0f}", **budget)
         if self.acc.is_main_process:
             io.append_metrics(self.out, row)
 
