@@ -3,7 +3,7 @@ wall-clock budget, then FID@n at 20 steps of dpmpp-2m and training images/s.
 
     OMP_NUM_THREADS=1 taskset -c 1 python bench/ablation.py --minutes 5 --n 1000 [--only NAME ...]
 
-Variants are the config with a few overrides (``VARIANTS``); every one is unconditional, like the
+Each variant trains in a process of its own (peak memory is its own). Variants are the config with a few overrides (``VARIANTS``); every one is unconditional, like the
 bench against diffusers. Rows print as JSON lines as they finish and gather in
 bench/results/ablation-<date>.json (finished runs are reused, so an interrupted ablation resumes).
 """
@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from difflab.evaluate.fid import compute_fid  # noqa: E402
 from difflab.evaluate.features import get_feature_extractor  # noqa: E402
 from difflab.tasks.image import generate, load_image_model  # noqa: E402
-from runs import train_for  # noqa: E402
+from runs import train_process  # noqa: E402
 
 CONFIG = "configs/fashion_mnist.yaml"
 BASE = ["data.class_conditional=false"]
@@ -45,6 +45,10 @@ VARIANTS: dict[str, list[str]] = {
     "batch 64": ["train.batch_size=64"],
     "batch 32": ["train.batch_size=32"],
     "batch 64, lr 2e-3, cosine decay": ["train.batch_size=64", "train.lr=2e-3", "train.lr_decay=cosine"],
+    "1 res block, batch 64, lr 2e-3, cosine decay": ["model.num_res_blocks=1", "train.batch_size=64", "train.lr=2e-3",
+                                                     "train.lr_decay=cosine"],
+    "1 res block, batch 32, lr 2e-3, cosine decay": ["model.num_res_blocks=1", "train.batch_size=32", "train.lr=2e-3",
+                                                     "train.lr_decay=cosine"],
     "batch 256": ["train.batch_size=256"],
     "ema 0.999": ["train.ema_decay=0.999"],
     "ema 0.99": ["train.ema_decay=0.99"],
@@ -84,7 +88,7 @@ def main() -> None:
     for name in args.only or list(VARIANTS):
         run = work / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
         row = {"overrides": VARIANTS[name], "date": datetime.datetime.now().isoformat(timespec="minutes"),
-               **train_for(run, CONFIG, args.minutes, BASE + VARIANTS[name])}
+               **train_process(run, CONFIG, args.minutes, BASE + VARIANTS[name])}
         row.update(score(run, args.n))
         res["rows"][name] = row
         path.write_text(json.dumps(res, indent=1))

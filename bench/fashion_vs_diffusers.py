@@ -29,11 +29,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 
-from difflab import io  # noqa: E402
-from difflab.config import load_config  # noqa: E402
 from difflab.evaluate.fid import compute_fid  # noqa: E402
 from difflab.evaluate.features import get_feature_extractor  # noqa: E402
 from difflab.tasks.image import generate, load_image_model  # noqa: E402
+from runs import train_process  # noqa: E402
 from sampler_table import TABLES, sampler_table  # noqa: E402
 
 def run(cmd: list[str]) -> str:
@@ -46,16 +45,6 @@ def run(cmd: list[str]) -> str:
 
 def fid_of(images) -> float:
     return compute_fid(images, data="fashion-mnist", progress=False)
-
-
-def train_difflab(out: Path, minutes: float, config: str, overrides: list[str]) -> dict:
-    run([sys.executable, "-m", "difflab.cli", "train", config, "--out", str(out), "--max-minutes", str(minutes),
-         "--max-steps", "1000000", "--set", *overrides])
-    rows = io.read_metrics(out)
-    state = io.load_state(io.latest_checkpoint(out))
-    batch = load_config(out / io.CONFIG_FILE).train.batch_size
-    return {"steps": state["step"], "train_seconds": state["elapsed_s"],
-            "img_per_s": state["step"] * batch / state["elapsed_s"], "peak_rss_mb": max(r["peak_rss_mb"] for r in rows)}
 
 
 def sample_difflab(out: Path, n: int, sampler: str, steps: int, **options) -> tuple[float, float]:
@@ -82,7 +71,7 @@ def main() -> None:
     get_feature_extractor("fashion-mnist")  # trained once and cached, outside every timed phase
     res = {"date": date, "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
            "torch": torch.__version__, "n": args.n, "n_table": args.n_table or args.n, "minutes": args.minutes, "config": args.config}
-    res["difflab_train"] = train_difflab(work / "difflab", args.minutes, args.config,
+    res["difflab_train"] = train_process(work / "difflab", args.config, args.minutes,
                                          ["data.class_conditional=false", "train.checkpoint_every=100",
                                           "train.keep_checkpoints=1000"])  # all kept: bench/nll_vs_time.py
     res["difflab_fid"], res["difflab_sample_s"] = sample_difflab(work / "difflab", args.n, "dpmpp-2m", 20)

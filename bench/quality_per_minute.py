@@ -44,7 +44,7 @@ from difflab import io  # noqa: E402
 from difflab.evaluate.features import get_feature_extractor  # noqa: E402
 from difflab.evaluate.fid import compute_fid  # noqa: E402
 from difflab.tasks.image import generate, load_image_model  # noqa: E402
-from runs import run_summary  # noqa: E402
+from runs import run_summary, train_process  # noqa: E402
 
 CONFIG = "configs/fashion_mnist.yaml"
 PHASES = ("train", "peer", "fid", "distill", "nfe", "plot")
@@ -95,11 +95,8 @@ class Bench:
 
     def train(self) -> None:
         for m in self.args.budgets:
-            out, key = self.difflab_run(m), f"{m:g}"
-            if not io.is_finished(out):
-                run([sys.executable, "-m", "difflab.cli", "train", CONFIG, "--out", str(out), "--max-minutes", str(m),
-                     "--max-steps", "10000000", "--no-progress", "--resume", "--set", "data.class_conditional=false"])
-            self.res["difflab"].setdefault(key, {}).update(run_summary(out))
+            summary = train_process(self.difflab_run(m), CONFIG, m, ["data.class_conditional=false"])
+            self.res["difflab"].setdefault(f"{m:g}", {}).update(summary)
             self.save()
 
     def peer(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from difflab import io
@@ -24,4 +26,14 @@ def train_for(out: Path, config: str | Path, minutes: float, overrides: list[str
     if not io.is_finished(out):
         cfg = apply_overrides(load_config(config, overrides), [f"train.max_minutes={minutes}", "train.max_steps=1000000"])
         train(build_task(cfg), out, resume=io.latest_checkpoint(out) is not None, progress=False)
+    return run_summary(out)
+
+
+def train_process(out: Path, config: str | Path, minutes: float, overrides: list[str]) -> dict:
+    """:func:`train_for` in a process of its own (`difflab train`), so its peak memory is its own."""
+    if not io.is_finished(out):
+        cmd = [sys.executable, "-m", "difflab.cli", "train", str(config), "--out", str(out), "--max-minutes",
+               str(minutes), "--max-steps", "10000000", "--no-progress", "--resume", "--set", *overrides]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
     return run_summary(out)
