@@ -97,19 +97,27 @@ def _is_main_process() -> bool:
 # -- distill -----------------------------------------------------------------------------------
 def _add_distill(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("distill", help="distill a run into a student that samples in a few steps",
-                       description="Progressive distillation (Salimans & Ho 2022): starting from RUN sampled with "
-                                   "--teacher-steps DDIM steps, each round trains a student (initialised from its "
-                                   "teacher) to match two teacher steps with one, halving the steps until --steps. "
-                                   "Round N is a run folder OUT/steps-N that `difflab sample` and `difflab eval` "
-                                   "use as it is (DDIM, N steps). Conditional runs are distilled with their "
-                                   "sample.guidance built in.")
+                       description="Progressive distillation (Salimans & Ho 2022): the first student (initialised "
+                                   "from RUN) learns to take in one DDIM step what RUN takes in --teacher-substeps "
+                                   "steps of --teacher-solver; each later round trains a student (initialised from "
+                                   "its teacher) to match two of the previous student's steps with one, halving the "
+                                   "steps until --steps. Round N is a run folder OUT/steps-N that `difflab sample` "
+                                   "and `difflab eval` use as it is (DDIM, N steps). Conditional runs are distilled "
+                                   "with their sample.guidance built in.")
     p.add_argument("run", help="run folder written by `difflab train` (an image run)")
     p.add_argument("--steps", type=_positive(int), required=True,
-                   help="sampling steps of the final student: --teacher-steps halved, e.g. 4")
+                   help="sampling steps of the final student: the first student's halved, e.g. 4")
     p.add_argument("--out", help="folder of the rounds (default RUN/distill)")
-    p.add_argument("--teacher-steps", type=_positive(int), default=64, help="DDIM steps of RUN (default 64)")
+    p.add_argument("--teacher-solver",
+                   help="solver of RUN as the first teacher: dpmpp-2s (DPM-Solver++(2S), default) or ddim "
+                        "(the paper's Algorithm 2)")
+    p.add_argument("--teacher-substeps", type=_positive(int),
+                   help="RUN's steps per step of the first student (default 4 for dpmpp-2s, 2 for ddim)")
+    p.add_argument("--teacher-steps", type=_positive(int),
+                   help="RUN's steps as the first teacher, a multiple of --teacher-substeps (default: a first "
+                        "student of 4 steps, or --steps if more)")
     p.add_argument("--minutes", type=_positive(float), default=10.0,
-                   help="wall-clock budget of all rounds, split evenly (default 10)")
+                   help="wall-clock budget of all rounds, half to the first, the rest evenly (default 10)")
     p.add_argument("--round-minutes", type=_positive(float), help="budget of each round instead of --minutes")
     p.add_argument("--max-steps", type=_non_negative_int, help="stop each round after this many optimizer steps")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
@@ -123,7 +131,8 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
 def cmd_distill(args: argparse.Namespace) -> None:
     from difflab.distill import distill
 
-    student = distill(args.run, args.steps, out=args.out, teacher_steps=args.teacher_steps, minutes=args.minutes,
+    student = distill(args.run, args.steps, out=args.out, teacher_steps=args.teacher_steps,
+                      teacher_solver=args.teacher_solver, teacher_substeps=args.teacher_substeps, minutes=args.minutes,
                       round_minutes=args.round_minutes, max_steps=args.max_steps, overrides=args.overrides,
                       resume=args.resume, progress=not args.no_progress)
     print(f"distilled {args.run} into {student}: sample it with `difflab sample {student}`")

@@ -120,10 +120,14 @@ class ClipConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Where a student of ``difflab distill`` comes from (:mod:`difflab.distill`); unset on trained runs."""
+    """Where a student of ``difflab distill`` comes from (:mod:`difflab.distill`); unset on trained runs.
+    The defaults of ``teacher_solver`` and ``teacher_substeps`` are Algorithm 2's (a 2N-step DDIM teacher),
+    which is what configs written before those keys existed mean."""
 
     teacher: str | None = None  # run folder of the first teacher; None = not a distilled run
-    teacher_steps: int = 64  # DDIM steps of that teacher, halved each round
+    teacher_steps: int = 64  # steps of that teacher's solver; the first student takes teacher_substeps in one
+    teacher_solver: str = "ddim"  # solver of the first teacher: ddim | dpmpp-2s (later teachers: ddim)
+    teacher_substeps: int = 2  # first-teacher steps per first-student step (later rounds: 2)
     steps: int = 0  # DDIM steps of this student (= sample.steps)
     guidance: float = 1.0  # classifier-free guidance of the first teacher, built into every student
 

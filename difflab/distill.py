@@ -1,6 +1,6 @@
 """Progressive distillation (Salimans & Ho 2022, "Progressive Distillation for Fast Sampling of
 Diffusion Models", Algorithm 2): a student learns to take in one deterministic DDIM step what its
-teacher takes in two; round after round the steps halve (64 -> 32 -> ... -> N).
+teacher takes in several; round after round the steps halve (e.g. 4 -> 2 -> 1).
 
 Notation (VP form, as the paper and :mod:`difflab.samplers.dpm_solver`):
 
@@ -10,13 +10,22 @@ symbol             meaning
 ``z_t``            a noisy sample alpha_t x + sigma_t eps of q(z_t | x) (the lecture's x_t)
 ``alpha_t``        sqrt(alpha_bar_t)
 ``sigma_t``        sqrt(1 - alpha_bar_t) (not the noise-to-signal sigma of :mod:`difflab.schedules`)
-``t, t', t''``     a student step t -> t'' is the teacher's two steps t -> t' -> t''
+``t, t', t''``     a student step t -> t'' is the teacher's two steps t -> t' -> t'' (later rounds)
+``K``              teacher steps per student step: 2 in later rounds, ``teacher_substeps`` in the first
 ``x_tilde``        the student's x0 target: one DDIM step t -> t'' with it lands on the teacher's z_t''
 =================  ==============================================================================
 
+The first round may start from a stronger teacher than the paper's 2N-step DDIM: the run itself
+integrating each student step t_i -> t_{i+1} with K steps of DPM-Solver++(2S) (Lu et al. 2022,
+Algorithm 1; :func:`difflab.samplers.dpm_solver.dpmpp_2s_step`), so that a 4-step student learns
+from an accurate solution of the probability-flow ODE in one round instead of after many halvings
+(``teacher_solver``, ``teacher_substeps``; :func:`teacher_grid` places the substeps). The target
+x_tilde only needs z_t and the teacher's end point, so it is the same for every teacher. Later
+rounds are Algorithm 2: two DDIM steps of the previous student.
+
 A student of N steps evaluates at t_i = T (1 - i/N) - 1 (the ``trailing-fractional`` grid, equal to
 ``trailing`` when N divides T) and steps from the last one to clean data (``CLEAN_T``); its
-teacher's grid of 2N steps nests it. Each round is trained by the one training loop
+teacher's grid nests it. Each round is trained by the one training loop
 (:func:`difflab.train.train`) into ``OUT/steps-N/``, an ordinary run folder (config.yaml with
 ``sample.sampler: ddim``, ``sample.steps: N`` and a ``distill`` section; checkpoints) that
 ``difflab sample`` and ``difflab eval`` read without the teacher. Conditional teachers are
@@ -27,7 +36,7 @@ guidance 1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,12 +46,13 @@ from torch import Tensor, nn
 from difflab import io
 from difflab.config import Config, DistillConfig, apply_overrides
 from difflab.data.mixture import MIXTURES
-from difflab.denoisers import (Cond, Denoiser, NetworkDenoiser, classifier_free_guidance, eps_from_x0,
-                               prediction_target)
+from difflab.denoisers import NetworkDenoiser, classifier_free_guidance, eps_from_x0, prediction_target
 from difflab.errors import UserError
 from difflab.losses import truncated_snr_weight
 from difflab.samplers.common import with_clean
-from difflab.schedules import Schedule, _expand, step_grid
+from difflab.samplers.ddim import ddim_step
+from difflab.samplers.dpm_solver import dpmpp_2s_step
+from difflab.schedules import CLEAN_T, Schedule, _expand, step_grid
 from difflab.tasks import build_task
 from difflab.tasks.image import load_image_model
 from difflab.tasks.text_to_image import is_text_to_image
@@ -51,6 +61,14 @@ from difflab.train import train
 GRID = "trailing-fractional"  # the nested time grids of students and teachers
 ROUND_PREFIX = "steps-"  # OUT/steps-N/ holds the student of N steps
 DEFAULT_LR = 3e-4  # beat 1e-3 on Fashion-MNIST at 1.5 CPU-minutes a round (README, "Few-step sampling ...")
+# one step (denoiser, z_t, t, s, schedule, cond) -> z_s at per-sample times, from difflab.samplers
+TEACHER_SOLVERS: dict[str, Callable[..., Tensor]] = {"ddim": ddim_step, "dpmpp-2s": dpmpp_2s_step}
+DEFAULT_SUBSTEPS = {"ddim": 2, "dpmpp-2s": 4}  # first-teacher steps per first-student step (ddim: Algorithm 2)
+DEFAULT_SOLVER = "dpmpp-2s"
+FIRST_STEPS = 4  # default steps of the first student (or --steps, if more)
+FIRST_ROUND_SHARE = 0.5  # of --minutes, to the first round; the rest split evenly
+STUDENT_EMA_DECAY = 0.99  # EMA horizon of ~100 of a round's few hundred optimizer steps
+LATER_ROUNDS = ("ddim", 2)  # Algorithm 2: the previous student's two DDIM steps
 
 
 def distillation_target(z_t: Tensor, z_s: Tensor, alpha_bar_t: Tensor, alpha_bar_s: Tensor) -> Tensor:
@@ -70,47 +88,61 @@ def distillation_target(z_t: Tensor, z_s: Tensor, alpha_bar_t: Tensor, alpha_bar
     return (z_s - _expand(ratio, z_t) * z_t) / _expand(denominator, z_t)
 
 
-def ddim_step(denoiser: Denoiser, z_t: Tensor, t: Tensor, s: Tensor, schedule: Schedule,
-              cond: Cond | None = None) -> Tensor:
-    """One deterministic DDIM step (Song et al. 2021, eq. 12, eta = 0) from times t to s < t, per sample.
+def teacher_grid(schedule: Schedule, steps: int, solver: str = "ddim", substeps: int = 2) -> Tensor:
+    """The teacher's times within each student step: (N, K + 1), row i from t_i to t_{i+1} in K steps.
 
-    z_s = alpha_s x0_hat + sigma_s eps_hat: the forward process q(z_s | x0_hat) with the noise eps_hat
-    that the denoiser implies at (z_t, t); the step of :func:`difflab.samplers.ddim.ddim`.
+    The substeps are those of the nested grid of N K steps (evenly spaced in t; Algorithm 2 for K = 2),
+    except that a ``dpmpp-2s`` teacher spaces them evenly in log-SNR in the last student step: its
+    2nd-order step has no midpoint at clean data, so it takes K - 1 steps down to t = 0 and the 1st-order
+    one from there (on Fashion-MNIST this made the end point 2-4x more accurate at K = 4 to 8; in the
+    first student step, which starts at sigma ~ 2e4 under the cosine schedule, even spacing in t is the
+    more accurate one).
 
     Args:
-        z_t: (B, ...). t, s: (B,) times; s may be ``CLEAN_T``.
+        steps: N, the student's steps. solver: a name in ``TEACHER_SOLVERS``. substeps: K.
     """
-    x0_hat = denoiser(z_t, t, cond)
-    eps_hat = eps_from_x0(z_t, x0_hat, _expand(schedule.alpha_bar_at(t), z_t))
-    return schedule.q_sample(x0_hat, s, eps_hat)
+    grid = with_clean(step_grid(schedule, steps * substeps, GRID)).unfold(0, substeps + 1, substeps)  # (N, K + 1)
+    if solver == "dpmpp-2s" and substeps > 1:
+        ends = torch.tensor([float(grid[-1, 0]), 0.0], dtype=torch.float64)
+        log_snr = torch.linspace(*schedule.log_snr_at(ends).tolist(), substeps, dtype=torch.float64)  # (K,)
+        last = schedule.t_from_sigma((-log_snr / 2).exp())  # sigma = exp(-lambda / 2)
+        last[0], last[-1] = ends
+        grid = torch.cat([grid[:-1], torch.cat([last, last.new_tensor([CLEAN_T])])[None]])
+    return grid
 
 
 class DistillTask:
     """One round as a task of :func:`difflab.train.train`: the student of ``config.distill.steps`` steps,
-    initialised with the weights of ``teacher`` (a run folder, its EMA weights, frozen) of twice as many.
+    initialised with the weights of ``teacher`` (a run folder, its EMA weights, frozen).
 
     Args:
         config: the student's config (:func:`student_config`).
         teacher: run folder of the teacher.
-        guidance: classifier-free guidance of the teacher (1 = none; only the first teacher needs it).
+        first_round: the teacher is the trained run, taking ``config.distill.teacher_substeps`` steps of
+            ``teacher_solver`` per student step with guidance ``config.distill.guidance``; otherwise it is
+            the previous student, taking two DDIM steps with guidance 1 (``LATER_ROUNDS``).
     """
 
-    def __init__(self, config: Config, teacher: str | Path, guidance: float = 1.0) -> None:
+    def __init__(self, config: Config, teacher: str | Path, first_round: bool = True) -> None:
         self.base = build_task(config)  # ImageTask or TextToImageTask: batches and the network
         self.config: Config = self.base.config
         self.schedule: Schedule = self.base.schedule
         self.steps = self.config.distill.steps
+        d = self.config.distill
+        solver, substeps = (d.teacher_solver, d.teacher_substeps) if first_round else LATER_ROUNDS
+        check_teacher_solver(solver, substeps)
         teacher_cfg, self.teacher_net = load_image_model(teacher)
         self.teacher = classifier_free_guidance(
             NetworkDenoiser(self.teacher_net, self.schedule, teacher_cfg.diffusion.prediction,
-                            clip_x0=teacher_cfg.sample.clip_x0), guidance)
-        self.times = with_clean(step_grid(self.schedule, 2 * self.steps, GRID))  # (2N + 1,): t_i at even i
+                            clip_x0=teacher_cfg.sample.clip_x0), d.guidance if first_round else 1.0)
+        self.teacher_step = TEACHER_SOLVERS[solver]
+        self.grid = teacher_grid(self.schedule, self.steps, solver, substeps)  # (N, K + 1)
         _check_run_files(self.run_files(), Path(teacher))
 
     def to(self, device: torch.device) -> None:
         self.base.to(device)
         self.teacher_net.to(device)
-        self.times = self.times.to(device)
+        self.grid = self.grid.to(device)
 
     def run_files(self) -> dict[str, str]:
         """The base task's files (a scratch encoder's vocabulary), so the student loads on its own."""
@@ -124,18 +156,20 @@ class DistillTask:
 
     def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor:
         """Algorithm 2 on a random batch: z_t at a student time t drawn uniformly per sample, the teacher's
-        two DDIM steps t -> t' -> t'', and the squared error of the student's prediction against the target
+        K steps t -> ... -> t'', and the squared error of the student's prediction against the target
         x_tilde in its own parameterisation, weighted by :func:`difflab.losses.truncated_snr_weight`."""
         x0, cond = self.base.batch(batch_size, generator)  # drop only for empty captions: cond_drop_prob 0
-        i = 2 * torch.randint(0, self.steps, (len(x0),), device=x0.device, generator=generator)  # (B,)
-        t, t1, t2 = self.times[i], self.times[i + 1], self.times[i + 2]  # (B,) each, float64
+        i = torch.randint(0, self.steps, (len(x0),), device=x0.device, generator=generator)  # (B,)
+        times = self.grid[i]  # (B, K + 1) float64: t = times[:, 0] -> ... -> t'' = times[:, -1]
+        t, t2 = times[:, 0], times[:, -1]  # (B,) each
         eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         z_t = self.schedule.q_sample(x0, t, eps)
         alpha_bar_t = self.schedule.alpha_bar_at(t)  # (B,) float64
         with torch.no_grad():
-            z_1 = ddim_step(self.teacher, z_t, t, t1, self.schedule, cond)
-            z_2 = ddim_step(self.teacher, z_1, t1, t2, self.schedule, cond)
-            x_tilde = distillation_target(z_t, z_2, alpha_bar_t, self.schedule.alpha_bar_at(t2))
+            z = z_t
+            for k in range(times.shape[1] - 1):
+                z = self.teacher_step(self.teacher, z, times[:, k], times[:, k + 1], self.schedule, cond)
+            x_tilde = distillation_target(z_t, z, alpha_bar_t, self.schedule.alpha_bar_at(t2))
         prediction = self.config.diffusion.prediction
         alpha_bar = _expand(alpha_bar_t, z_t)
         target = prediction_target(prediction, x_tilde, eps_from_x0(z_t, x_tilde, alpha_bar), alpha_bar)
@@ -154,18 +188,39 @@ def _check_run_files(files: dict[str, str], teacher: Path) -> None:
 
 
 # -- rounds ------------------------------------------------------------------------------------
-def plan_rounds(teacher_steps: int, steps: int, timesteps: int) -> list[int]:
-    """Student steps of each round, ``teacher_steps`` halved down to ``steps`` (64, 4 -> [32, 16, 8, 4])."""
+def check_teacher_solver(solver: str, substeps: int | None) -> None:
+    """One-line errors for an unknown first-teacher solver or fewer than one substep (None: the default)."""
+    if solver not in TEACHER_SOLVERS:
+        raise UserError(f"unknown --teacher-solver {solver!r}: use one of {', '.join(TEACHER_SOLVERS)}")
+    if substeps is not None and substeps < 1:
+        raise UserError(f"--teacher-substeps must be at least 1, got {substeps}: pass e.g. "
+                        f"--teacher-substeps {DEFAULT_SUBSTEPS[solver]}")
+
+
+def plan_rounds(teacher_steps: int, steps: int, timesteps: int, substeps: int = 2) -> list[int]:
+    """Student steps of each round: the first student's ``teacher_steps / substeps``, halved down to
+    ``steps`` (64 DDIM steps by 2, 4 -> [32, 16, 8, 4]; 16 DPM-Solver steps by 4, 1 -> [4, 2, 1])."""
     if not 2 <= teacher_steps <= timesteps:
         raise UserError(f"--teacher-steps must be between 2 and the run's {timesteps} diffusion steps, "
-                        f"got {teacher_steps}: pass e.g. --teacher-steps 64")
-    halvings = [teacher_steps >> k for k in range(1, teacher_steps.bit_length()) if teacher_steps % (1 << k) == 0]
-    if not halvings:
-        raise UserError(f"--teacher-steps {teacher_steps} is odd, so it cannot be halved: pass e.g. --teacher-steps 64")
+                        f"got {teacher_steps}: pass e.g. --teacher-steps {substeps * max(steps, FIRST_STEPS)}")
+    if teacher_steps % substeps:
+        raise UserError(f"--teacher-steps {teacher_steps} is not a multiple of --teacher-substeps {substeps}: "
+                        f"pass e.g. --teacher-steps {substeps * max(steps, FIRST_STEPS)}")
+    first = teacher_steps // substeps
+    halvings = [first >> k for k in range(first.bit_length()) if first % (1 << k) == 0]
     if steps not in halvings:
-        raise UserError(f"--steps {steps} is not --teacher-steps {teacher_steps} halved one or more times: "
+        raise UserError(f"--steps {steps} is not the first student's {first} steps (--teacher-steps {teacher_steps} "
+                        f"/ --teacher-substeps {substeps}) halved zero or more times: "
                         f"pass one of {', '.join(map(str, halvings))}")
     return halvings[:halvings.index(steps) + 1]
+
+
+def split_minutes(plan: Sequence[int], minutes: float) -> list[float]:
+    """``minutes`` split over the rounds of ``plan``: FIRST_ROUND_SHARE to the first, the rest evenly."""
+    if len(plan) == 1:
+        return [minutes]
+    rest = minutes * (1 - FIRST_ROUND_SHARE) / (len(plan) - 1)
+    return [minutes * FIRST_ROUND_SHARE] + [rest] * (len(plan) - 1)
 
 
 def read_teacher(run: str | Path) -> Config:
@@ -182,48 +237,55 @@ def read_teacher(run: str | Path) -> Config:
 def student_config(teacher_cfg: Config, distill: DistillConfig, overrides: Sequence[str] = ()) -> Config:
     """The config of the student of ``distill.steps`` steps: the teacher's, sampled with deterministic
     DDIM on the student's grid and guidance 1, trained at ``DEFAULT_LR`` without warm-up or condition
-    dropout, then ``overrides`` (``a.b=value``)."""
+    dropout, its learning rate decayed (cosine) to the end of the round, EMA decay ``STUDENT_EMA_DECAY``,
+    then ``overrides`` (``a.b=value``)."""
     N, T = distill.steps, teacher_cfg.diffusion.timesteps
     cfg = replace(teacher_cfg, model=replace(teacher_cfg.model, cond_drop_prob=0.0),
-                  train=replace(teacher_cfg.train, lr=DEFAULT_LR, warmup_steps=0),
+                  train=replace(teacher_cfg.train, lr=DEFAULT_LR, warmup_steps=0, lr_decay="cosine",
+                                ema_decay=STUDENT_EMA_DECAY),
                   sample=replace(teacher_cfg.sample, sampler="ddim", eta=0.0, steps=N, guidance=1.0,
                                  grid="trailing" if T % N == 0 else GRID),
                   distill=distill)
     cfg = apply_overrides(cfg, list(overrides))
-    fixed = (cfg.distill.teacher, cfg.distill.teacher_steps, cfg.distill.steps, cfg.sample.steps)
-    if fixed != (distill.teacher, distill.teacher_steps, N, N):
-        raise UserError("--set cannot change distill.teacher, distill.teacher_steps, distill.steps or sample.steps: "
-                        "pass RUN, --teacher-steps and --steps instead")
+    if replace(cfg.distill, guidance=distill.guidance) != distill or cfg.sample.steps != N:
+        raise UserError("--set cannot change distill.teacher, distill.teacher_steps, distill.teacher_solver, "
+                        "distill.teacher_substeps, distill.steps or sample.steps: pass RUN, --teacher-steps, "
+                        "--teacher-solver, --teacher-substeps and --steps instead")
     return cfg
 
 
 def _check_out(out: Path, distill: DistillConfig, resume: bool) -> None:
     """One-line errors when ``out`` holds another distillation, or this one without --resume."""
-    same = (distill.teacher, distill.teacher_steps, distill.guidance)
     for folder in sorted(out.glob(f"{ROUND_PREFIX}*")):
         if not (folder / io.CONFIG_FILE).is_file():
             continue
         d = io.read_run_config(folder).distill
-        if (d.teacher, d.teacher_steps, d.guidance) != same:
-            raise UserError(f"{out} holds a different distillation ({d.teacher} from {d.teacher_steps} steps, "
-                            f"guidance {d.guidance:g}): choose another --out")
+        if replace(d, steps=distill.steps) != distill:
+            raise UserError(f"{out} holds a different distillation ({d.teacher} from {d.teacher_steps} "
+                            f"{d.teacher_solver} steps, {d.teacher_substeps} per student step, guidance "
+                            f"{d.guidance:g}): choose another --out")
         if not resume and io.latest_checkpoint(folder) is not None:
             raise UserError(f"{out} already holds this distillation: pass --resume to continue it, "
                             "or choose another --out")
 
 
-def distill(run: str | Path, steps: int, *, out: str | Path | None = None, teacher_steps: int = 64,
-            minutes: float = 10.0, round_minutes: float | None = None, max_steps: int | None = None,
-            overrides: Sequence[str] = (), resume: bool = False, progress: bool = True) -> Path:
+def distill(run: str | Path, steps: int, *, out: str | Path | None = None, teacher_steps: int | None = None,
+            teacher_solver: str | None = None, teacher_substeps: int | None = None, minutes: float = 10.0,
+            round_minutes: float | None = None, max_steps: int | None = None, overrides: Sequence[str] = (),
+            resume: bool = False, progress: bool = True) -> Path:
     """Distill the run ``run`` into a student of ``steps`` DDIM steps; returns the student's run folder.
 
     Args:
         run: the first teacher, a trained image run (its EMA weights; unconditional, class-conditional
             or text-to-image).
-        steps: network evaluations of the final student; ``teacher_steps`` halved one or more times.
+        steps: network evaluations of the final student: the first student's halved zero or more times.
         out: folder of the rounds, ``OUT/steps-N/`` (default ``RUN/distill``).
-        teacher_steps: DDIM steps of the first teacher.
-        minutes: wall-clock budget of all rounds together, split evenly.
+        teacher_steps: steps of the first teacher; the first student takes ``teacher_substeps`` of them in
+            one (default: a first student of max(``steps``, ``FIRST_STEPS``) steps).
+        teacher_solver: the first teacher's solver, ``dpmpp-2s`` (DPM-Solver++(2S), default) or ``ddim``
+            (Algorithm 2); later rounds use ddim.
+        teacher_substeps: first-teacher steps per first-student step (default ``DEFAULT_SUBSTEPS[solver]``).
+        minutes: wall-clock budget of all rounds together (:func:`split_minutes`).
         round_minutes: budget of each round instead. max_steps: optimizer steps of each round at most.
         overrides: ``a.b=value`` for every student's config (e.g. ``train.lr=1e-4``, ``distill.guidance=2``).
         resume: continue an interrupted distillation: finished rounds are skipped.
@@ -232,25 +294,31 @@ def distill(run: str | Path, steps: int, *, out: str | Path | None = None, teach
     run = Path(run).resolve()
     out = Path(out) if out is not None else run / "distill"
     teacher_cfg = read_teacher(run)
-    plan = plan_rounds(teacher_steps, steps, teacher_cfg.diffusion.timesteps)
+    teacher_solver = teacher_solver or DEFAULT_SOLVER
+    check_teacher_solver(teacher_solver, teacher_substeps)
+    substeps = teacher_substeps or DEFAULT_SUBSTEPS[teacher_solver]
+    teacher_steps = substeps * max(steps, FIRST_STEPS) if teacher_steps is None else teacher_steps
+    plan = plan_rounds(teacher_steps, steps, teacher_cfg.diffusion.timesteps, substeps)
     conditional = teacher_cfg.model.num_classes > 0 or is_text_to_image(teacher_cfg)
-    first = DistillConfig(teacher=str(run), teacher_steps=teacher_steps,
-                          guidance=teacher_cfg.sample.guidance if conditional else 1.0)
-    budget = [f"train.max_minutes={round_minutes or minutes / len(plan)}"]
-    budget += [f"train.max_steps={max_steps}"] if max_steps is not None else []
-    configs = {n: student_config(teacher_cfg, replace(first, steps=n), [*overrides, *budget]) for n in plan}
+    first = DistillConfig(teacher=str(run), teacher_steps=teacher_steps, teacher_solver=teacher_solver,
+                          teacher_substeps=substeps, guidance=teacher_cfg.sample.guidance if conditional else 1.0)
+    budgets = [round_minutes] * len(plan) if round_minutes else split_minutes(plan, minutes)
+    limits = {n: [f"train.max_minutes={m}"] + ([f"train.max_steps={max_steps}"] if max_steps is not None else [])
+              for n, m in zip(plan, budgets)}
+    configs = {n: student_config(teacher_cfg, replace(first, steps=n), [*overrides, *limits[n]]) for n in plan}
     _check_out(out, configs[steps].distill, resume)
     teacher: Path = run
     for k, n in enumerate(plan, 1):
         folder = out / f"{ROUND_PREFIX}{n}"
-        head = f"round {k}/{len(plan)}: {2 * n} -> {n} steps"
+        source = f"{teacher_steps} {teacher_solver}" if k == 1 else f"{2 * n} {LATER_ROUNDS[0]}"
+        head = f"round {k}/{len(plan)}: {source} steps -> {n}"
         if resume and io.is_finished(folder):
             print(f"{head}: finished before, skipped ({folder})")
         else:
             cfg = configs[n]
             if resume and io.latest_checkpoint(folder) is not None:  # exact resume: the round's own config
-                cfg = apply_overrides(io.read_run_config(folder), [*overrides, *budget])
-            task = DistillTask(cfg, teacher, guidance=cfg.distill.guidance if teacher == run else 1.0)
+                cfg = apply_overrides(io.read_run_config(folder), [*overrides, *limits[n]])
+            task = DistillTask(cfg, teacher, first_round=k == 1)
             state = io.load_state(train(task, folder, resume=resume, progress=progress))
             rows = io.read_metrics(folder)
             loss = f", loss {rows[-1]['loss']:.4g}" if rows else ""

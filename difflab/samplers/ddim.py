@@ -19,7 +19,7 @@ from torch import Tensor
 from difflab.denoisers import Cond, Denoiser, eps_from_x0
 from difflab.errors import UserError
 from difflab.samplers.common import check_timesteps, randn_like, steps_bar, take_options, time_batch, with_clean
-from difflab.schedules import Schedule
+from difflab.schedules import Schedule, _expand
 
 
 def ddim(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, timesteps: Tensor, *,
@@ -51,3 +51,26 @@ def ddim(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, timesteps: Tensor,
         if sigma_list[i] > 0:
             x = x + sigma_list[i] * randn_like(x, generator)
     return x
+
+
+# -- one step at per-sample times (progressive distillation's teachers) --------------------------
+def ddim_update(x_t: Tensor, x0_hat: Tensor, t: Tensor, s: Tensor, schedule: Schedule) -> Tensor:
+    """Eq. 12 with eta = 0 for a given x0_hat: x_s = sqrt(alpha_bar_s) x0_hat + sqrt(1 - alpha_bar_s) eps_hat,
+    eps_hat the noise that x0_hat implies at (x_t, t): the forward process q(x_s | x0_hat) with that noise.
+
+    Args:
+        x_t: (B, ...). x0_hat: (B, ...) an estimate of x_0. t, s: (B,) times, s < t; s may be ``CLEAN_T``.
+    """
+    eps_hat = eps_from_x0(x_t, x0_hat, _expand(schedule.alpha_bar_at(t), x_t))
+    return schedule.q_sample(x0_hat, s, eps_hat)
+
+
+def ddim_step(denoiser: Denoiser, x_t: Tensor, t: Tensor, s: Tensor, schedule: Schedule,
+              cond: Cond | None = None) -> Tensor:
+    """One deterministic DDIM step (Song et al. 2021, eq. 12, eta = 0) from t to s < t, at per-sample
+    times: the step of :func:`ddim` (eta = 0). One denoiser call.
+
+    Args:
+        x_t: (B, ...). t, s: (B,) times; s may be ``CLEAN_T``.
+    """
+    return ddim_update(x_t, denoiser(x_t, t, cond), t, s, schedule)

@@ -1,4 +1,4 @@
-"""DPM-Solver++(2M) and (3M) (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
+"""DPM-Solver++(2M), (3M) and the (2S) step (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
 Diffusion Probabilistic Models", arXiv 2211.01095).
 
 Notation (VP form, as in the paper): alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t),
@@ -11,7 +11,8 @@ with D_i = x0_hat (1st order) or the multistep estimate
 D_i = (1 + 1/(2 r_i)) x0_hat_{i-1} - 1/(2 r_i) x0_hat_{i-2}, r_i = h_{i-1} / h_i (Algorithm 2).
 The 3rd-order step adds the first and second divided differences of x0_hat over lambda
 (D1, D2) with the exact integrals of their Taylor terms: alpha_t ((e^{-h} - 1)/h + 1) D1
-and -alpha_t ((e^{-h} - 1 + h)/h^2 - 1/2) D2.
+and -alpha_t ((e^{-h} - 1 + h)/h^2 - 1/2) D2. The 1st-order step (D = x0_hat) is DDIM (Song et al.
+2021, eq. 12 with eta = 0), which :func:`dpmpp_2s_step` uses twice.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from difflab.denoisers import Cond, Denoiser
 from difflab.samplers.common import check_timesteps, steps_bar, take_options, time_batch, with_clean
+from difflab.samplers.ddim import ddim_update
 from difflab.schedules import Schedule
 
 
@@ -104,3 +106,26 @@ def _multistep(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, timesteps: T
                 x = x + (alpha[i + 1] * (phi_1 / h + 1)) * D1 - (alpha[i + 1] * ((phi_1 + h) / h ** 2 - 0.5)) * D2
         history = (history + [x0_hat])[-2:]
     return x
+
+
+def dpmpp_2s_step(denoiser: Denoiser, x_t: Tensor, t: Tensor, s: Tensor, schedule: Schedule,
+                  cond: Cond | None = None) -> Tensor:
+    """One DPM-Solver++(2S) step from t to s < t at per-sample times: Lu et al. 2022, Algorithm 1 with
+    r = 1/2 (singlestep, 2nd order, data prediction; two denoiser calls).
+
+    With lambda_m = (lambda_t + lambda_s) / 2 (sigma_m the geometric mean of sigma_t and sigma_s):
+    u = the DDIM step t -> m with x0_hat(x_t, t), then the DDIM step t -> s with D = x0_hat(u, m)
+    (the algorithm's D_i = (1 - 1/(2r)) x0_hat(x_t) + 1/(2r) x0_hat(u) at r = 1/2). Where s is
+    ``CLEAN_T`` (lambda = +inf, no midpoint) the midpoint is t itself (u = x_t), so the step is the
+    1st-order one and returns x0_hat(x_t, t).
+
+    Args:
+        x_t: (B, ...). t, s: (B,) times, s < t; s may be ``CLEAN_T``.
+    """
+    x0_hat = denoiser(x_t, t, cond)
+    if bool((s < 0).all()):
+        return ddim_update(x_t, x0_hat, t, s, schedule)
+    sigma_m = (schedule.sigma_at(t) * schedule.sigma_at(s)).sqrt()  # (B,): lambda_m halfway
+    m = torch.where(s.cpu() < 0, t.cpu().double(), schedule.t_from_sigma(sigma_m)).to(t)  # (B,); t where s is clean
+    u = ddim_update(x_t, x0_hat, t, m, schedule)
+    return ddim_update(x_t, denoiser(u, m, cond), t, s, schedule)
