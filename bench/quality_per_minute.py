@@ -18,7 +18,13 @@ stopped; ``--phases`` runs a subset):
    1000 for DDPM) and of the students;
 6. ``plot``: FID against minutes for both, bench/figures/quality_per_minute.png.
 
-Timed phases (train, peer, fid) must run alone on the machine. Results: bench/results/<name>.json.
+Timed phases (train, peer, fid) must run alone on the machine, or as two processes, each one thread
+pinned to its own core (what BENCHMARKS.md reports; ``--threads`` is recorded):
+
+    OMP_NUM_THREADS=1 taskset -c 1 python bench/quality_per_minute.py --phases train fid --side difflab &
+    OMP_NUM_THREADS=1 taskset -c 0 python bench/quality_per_minute.py --phases peer fid --side peer
+
+Results: bench/results/<name>.json.
 """
 
 from __future__ import annotations
@@ -67,6 +73,14 @@ def fid(images: np.ndarray) -> float:
     return round(compute_fid(images, data="fashion-mnist", progress=False), 2)
 
 
+def merge(old: dict, new: dict) -> dict:
+    """``old`` updated by ``new``, recursively: keys only ``old`` has are kept."""
+    out = dict(old)
+    for key, value in new.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def score(run_dir: Path, n: int, sampler: str | None = None, steps: int | None = None, **options) -> dict:
     """FID@n of a difflab run (its own sampler settings unless given) and the seconds sampling took."""
     cfg, model = load_image_model(run_dir)
@@ -88,6 +102,9 @@ class Bench:
             "n": args.n, "nfe_n": args.nfe_n, "difflab": {}, "peer": {}, "nfe": {}}
 
     def save(self) -> None:
+        """Write the results, merged over what is on disk (the difflab and peer phases may run as two processes)."""
+        on_disk = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.res = merge(on_disk, self.res)
         io.write_text_atomic(self.path, json.dumps(self.res, indent=1))
 
     def difflab_run(self, minutes: float) -> Path:
@@ -108,14 +125,14 @@ class Bench:
             self.save()
 
     def fid(self) -> None:
-        n, peer_dir = self.args.n, self.work / "diffusers"
+        n, peer_dir, side = self.args.n, self.work / "diffusers", self.args.side
         for m in self.args.budgets:
             key, row = f"{m:g}", self.res["difflab"].setdefault(f"{m:g}", {})
-            if "fid" not in row:
+            if "fid" not in row and side in ("both", "difflab"):
                 row.update(score(self.difflab_run(m), n, "dpmpp-2m", SAMPLE_NFE))
                 self.save()
             peer_row = self.res["peer"].setdefault(key, {})
-            if "fid" not in peer_row and (peer_dir / "train.json").is_file():
+            if "fid" not in peer_row and (peer_dir / "train.json").is_file() and side in ("both", "peer"):
                 minute = [] if m == max(self.args.budgets) else ["--minute", key]
                 out = run([sys.executable, "bench/peer_diffusers.py", "sample", "--out", str(peer_dir), "--n", str(n),
                            "--steps", str(SAMPLE_NFE), *minute])
@@ -140,7 +157,10 @@ class Bench:
         teacher, n = self.difflab_run(self.args.reference), self.args.nfe_n
         rows = [(label, teacher, sampler, steps, opts) for label, sampler, steps, opts in NFE_ROWS]
         rows += [(f"student {s}", self.distill_dir() / f"steps-{s}", None, None, {}) for s in STUDENT_STEPS]
+        only = self.args.nfe_rows
         for label, run_dir, sampler, steps, opts in rows:
+            if only and not any(label.startswith(prefix) for prefix in only):
+                continue
             if label not in self.res["nfe"] and io.latest_checkpoint(run_dir) is not None:
                 self.res["nfe"][label] = score(run_dir, n, sampler, steps, **opts)
                 print(label, self.res["nfe"][label], flush=True)
@@ -157,7 +177,9 @@ class Bench:
             points = sorted((float(k), v["fid"]) for k, v in self.res[who].items() if k != "train" and "fid" in v)
             if points:
                 ax.plot(*zip(*points), marker="o", label=label)
-        ax.set(xscale="log", yscale="log", xlabel="CPU-minutes of training (2 cores)",
+        threads = sorted({side["threads"] for side in self.res.get("sides", {}).values()})
+        per_side = "/".join(map(str, threads)) or "?"
+        ax.set(xscale="log", yscale="log", xlabel=f"minutes of training ({per_side} thread(s) each)",
                ylabel=f"FID@{self.res['n']} (difflab features), {SAMPLE_NFE} NFE",
                title=f"Fashion-MNIST, quality per CPU-minute ({self.res['date']})")
         ax.set_xticks(self.args.budgets, [f"{m:g}" for m in self.args.budgets])
@@ -183,12 +205,19 @@ def main() -> None:
     p.add_argument("--distill-minutes", type=float, default=10.0)
     p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--nfe-rows", nargs="+", metavar="PREFIX",
+                   help="nfe: only the rows whose label starts so (e.g. 'ddpm' 'student'), to split them over processes")
+    p.add_argument("--side", choices=["both", "difflab", "peer"], default="both",
+                   help="fid: sample only this side's models (to run the two sides as two pinned processes)")
     p.add_argument("--name", default=f"qpm-{datetime.date.today().isoformat()}")
     args = p.parse_args()
     if args.reference not in args.budgets:
         sys.exit(f"--budgets must include the reference budget {args.reference:g}")
     get_feature_extractor("fashion-mnist")  # trained once and cached, outside every timed phase
     bench = Bench(args)
+    bench.res.setdefault("sides", {})[args.side] = {
+        "threads": torch.get_num_threads(), "cores": sorted(os.sched_getaffinity(0)), "phases": args.phases}
+    bench.save()
     for phase in args.phases:
         getattr(bench, phase)()
     print(json.dumps(bench.res, indent=1))
