@@ -13,7 +13,8 @@ stopped; ``--phases`` runs a subset):
 3. ``fid``: n samples from every model at 20 NFE (difflab ``dpmpp-2m``, the peer its
    ``DPMSolverMultistepScheduler``), FID@n in difflab's Fashion-MNIST feature space, sampling
    seconds (the 10-minute pair is the sampling-time comparison);
-4. ``distill``: ``difflab distill`` of the 10-minute model (4, 2 and 1 NFE students);
+4. ``distill``: ``difflab distill`` of the 10-minute model (4, 2 and 1 NFE students; ``--distill-minutes``
+   split as ``difflab distill`` splits it: half to the 4-step round, a quarter to each of the others);
 5. ``nfe``: FID@nfe-n of the 10-minute (``--reference``) model against NFE (1, 2, 4, 10, 20 for the ODE samplers,
    1000 for DDPM) and of the students;
 6. ``plot``: FID against minutes for both, bench/figures/quality_per_minute.png.
@@ -155,6 +156,7 @@ class Bench:
 
     def nfe(self) -> None:
         teacher, n = self.difflab_run(self.args.reference), self.args.nfe_n
+        self.res["nfe_n"] = n
         rows = [(label, teacher, sampler, steps, opts) for label, sampler, steps, opts in NFE_ROWS]
         rows += [(f"student {s}", self.distill_dir() / f"steps-{s}", None, None, {}) for s in STUDENT_STEPS]
         only = self.args.nfe_rows

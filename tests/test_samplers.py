@@ -22,7 +22,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # diffusers must not touch the network
 from difflab.analytic import gaussian_denoiser, gaussian_marginal, gaussian_ode_solution  # noqa: E402
 from difflab.denoisers import NetworkDenoiser  # noqa: E402
 from difflab.errors import UserError  # noqa: E402
-from difflab.samplers import DEFAULT_GRID, SAMPLERS, sample  # noqa: E402
+from difflab.samplers import DEFAULT_GRID, SAMPLERS, default_grid, sample  # noqa: E402
 from difflab.schedules import Schedule, make_schedule, step_grid  # noqa: E402
 
 # diffusers' DPM-Solver calls np.array(tensor, copy=False) under numpy 2: noise, not a finding here
@@ -304,9 +304,11 @@ def _tiny_denoiser():
 
 def test_registry_and_default_grids():
     assert list(SAMPLERS) == ["ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "euler", "heun"]
-    # dpmpp-2m on karras: measured best at 10 steps on Fashion-MNIST (BENCHMARKS.md, step grids)
+    # dpmpp-2m on karras, edm (Karras, sigma_max 80) at <= 10 steps: measured on Fashion-MNIST (BENCHMARKS.md)
     assert DEFAULT_GRID == {"ddpm": "trailing", "ddim": "trailing", "dpmpp-2m": "karras", "dpmpp-3m": "karras",
                             "euler": "karras", "heun": "karras"}
+    assert [default_grid("dpmpp-2m", n) for n in (4, 10, 11, 20)] == ["edm", "edm", "karras", "karras"]
+    assert default_grid("ddim", 4) == "trailing"
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
