@@ -181,7 +181,8 @@ class Bench:
                 ax.plot(*zip(*points), marker="o", label=label)
         threads = sorted({side["threads"] for side in self.res.get("sides", {}).values()})
         per_side = "/".join(map(str, threads)) or "?"
-        ax.set(xscale="log", yscale="log", xlabel=f"minutes of training ({per_side} thread(s) each)",
+        unit = "thread" if per_side == "1" else "threads"
+        ax.set(xscale="log", yscale="log", xlabel=f"minutes of training ({per_side} {unit} each)",
                ylabel=f"FID@{self.res['n']} (difflab features), {SAMPLE_NFE} NFE",
                title=f"Fashion-MNIST, quality per CPU-minute ({self.res['date']})")
         ax.set_xticks(self.args.budgets, [f"{m:g}" for m in self.args.budgets])
@@ -217,9 +218,10 @@ def main() -> None:
         sys.exit(f"--budgets must include the reference budget {args.reference:g}")
     get_feature_extractor("fashion-mnist")  # trained once and cached, outside every timed phase
     bench = Bench(args)
-    bench.res.setdefault("sides", {})[args.side] = {
-        "threads": torch.get_num_threads(), "cores": sorted(os.sched_getaffinity(0)), "phases": args.phases}
-    bench.save()
+    if {"train", "peer", "fid"} & set(args.phases):  # the timed phases: record what they ran on
+        bench.res.setdefault("sides", {})[args.side] = {
+            "threads": torch.get_num_threads(), "cores": sorted(os.sched_getaffinity(0)), "phases": args.phases}
+        bench.save()
     for phase in args.phases:
         getattr(bench, phase)()
     print(json.dumps(bench.res, indent=1))
