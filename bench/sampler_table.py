@@ -37,6 +37,9 @@ TABLES: dict[str, list[Row]] = {
     # which step grid suits few-step DPM-Solver++ (issue 5: chosen by measurement)
     "grids": [("dpmpp-2m", 10, {"grid": g}) for g in ("trailing", "linspace", "uniform", "logsnr", "karras")]
     + [("dpmpp-2m", 20, {"grid": g}) for g in ("trailing", "logsnr", "karras")],
+    # does the ODE converge, and to what (issue 5: what a distilled student can imitate)
+    "ode": [("dpmpp-2m", n, {"grid": "edm"}) for n in (8, 10, 12)]
+    + [("dpmpp-2m", 50, {"grid": g}) for g in ("karras", "logsnr")] + [("ddim", 100, {"eta": 0.0})],
     "reference": [("ddpm", 1000, {})],
     "none": [],
 }
