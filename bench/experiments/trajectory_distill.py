@@ -1,6 +1,6 @@
 """Prototype (issue 5, not part of difflab yet): trajectory distillation of a coarse sampler.
 
-    B_TRAJ=8 OMP_NUM_THREADS=1 taskset -c 1 python bench/experiments/trajectory_distill.py RUN N MINUTES OUT.pt [--teacher-fid]
+    B_TRAJ=8 LR=3e-4 OMP_NUM_THREADS=1 taskset -c 1 python bench/experiments/trajectory_distill.py RUN N MINUTES OUT.pt [--teacher-fid]
 
 The teacher is RUN sampled with DPM-Solver++(2M) on the ``edm`` grid of 2N steps from pure noise (the
 best few-step sampler of the Fashion-MNIST model: FID@1000 3.90 at 8 steps, while its accurate ODE sits
@@ -79,14 +79,15 @@ if "--teacher-fid" in sys.argv:
 
 student = copy.deepcopy(teacher_net).train().requires_grad_(True)
 ema = copy.deepcopy(teacher_net).eval()
-opt = torch.optim.Adam(student.parameters(), lr=3e-4)
+LR = float(os.environ.get("LR", "3e-4"))
+opt = torch.optim.Adam(student.parameters(), lr=LR)
 g = torch.Generator().manual_seed(1)
 B_traj = int(os.environ.get("B_TRAJ", "8"))
 t0, it = time.perf_counter(), 0
 while time.perf_counter() - t0 < 60 * minutes:
     frac = (time.perf_counter() - t0) / (60 * minutes)
     for group in opt.param_groups:
-        group["lr"] = 3e-4 * 0.5 * (1 + math.cos(math.pi * frac))
+        group["lr"] = LR * 0.5 * (1 + math.cos(math.pi * frac))
     states = trajectory(torch.randn(B_traj, 1, 28, 28, generator=g))  # (2N + 1, b, C, H, W)
     z_t = states[0:2 * N:2].flatten(0, 1)  # (N b, ...) at S
     z_s = states[2::2].flatten(0, 1)  # (N b, ...) at the next student time (last: clean)
