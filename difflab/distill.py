@@ -52,7 +52,7 @@ from difflab.losses import truncated_snr_weight
 from difflab.samplers.common import with_clean
 from difflab.samplers.ddim import ddim_step
 from difflab.samplers.dpm_solver import dpmpp_2s_step
-from difflab.schedules import CLEAN_T, Schedule, _expand, step_grid
+from difflab.schedules import CLEAN_T, Schedule, _expand, logsnr_spaced, step_grid
 from difflab.tasks import build_task
 from difflab.tasks.image import load_image_model
 from difflab.tasks.text_to_image import is_text_to_image
@@ -60,7 +60,7 @@ from difflab.train import train
 
 GRID = "trailing-fractional"  # the nested time grids of students and teachers
 ROUND_PREFIX = "steps-"  # OUT/steps-N/ holds the student of N steps
-DEFAULT_LR = 3e-4  # beat 1e-3 on Fashion-MNIST at 1.5 CPU-minutes a round (README, "Few-step sampling ...")
+DEFAULT_LR = 3e-4  # beat 1e-3 on Fashion-MNIST at 1.5 CPU-minutes a round (BENCHMARKS.md, "FID against NFE")
 # one step (denoiser, z_t, t, s, schedule, cond) -> z_s at per-sample times, from difflab.samplers
 TEACHER_SOLVERS: dict[str, Callable[..., Tensor]] = {"ddim": ddim_step, "dpmpp-2s": dpmpp_2s_step}
 DEFAULT_SUBSTEPS = {"ddim": 2, "dpmpp-2s": 4}  # first-teacher steps per first-student step (ddim: Algorithm 2)
@@ -104,8 +104,7 @@ def teacher_grid(schedule: Schedule, steps: int, solver: str = "ddim", substeps:
     grid = with_clean(step_grid(schedule, steps * substeps, GRID)).unfold(0, substeps + 1, substeps)  # (N, K + 1)
     if solver == "dpmpp-2s" and substeps > 1:
         ends = torch.tensor([float(grid[-1, 0]), 0.0], dtype=torch.float64)
-        log_snr = torch.linspace(*schedule.log_snr_at(ends).tolist(), substeps, dtype=torch.float64)  # (K,)
-        last = schedule.t_from_sigma((-log_snr / 2).exp())  # sigma = exp(-lambda / 2)
+        last = logsnr_spaced(schedule, *schedule.sigma_at(ends).tolist(), substeps)  # (K,)
         last[0], last[-1] = ends
         grid = torch.cat([grid[:-1], torch.cat([last, last.new_tensor([CLEAN_T])])[None]])
     return grid

@@ -185,6 +185,13 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = K
     return (inv_max + ramp * (inv_min - inv_max)) ** rho
 
 
+def logsnr_spaced(schedule: Schedule, sigma_from: float, sigma_to: float, n: int) -> Tensor:
+    """n descending times (n,) float64 from sigma_from to sigma_to, evenly spaced in lambda = log-SNR
+    (sigma = exp(-lambda / 2): evenly spaced lambda is evenly spaced log sigma)."""
+    log_sigma = torch.linspace(math.log(sigma_from), math.log(sigma_to), n, dtype=torch.float64)
+    return schedule.t_from_sigma(log_sigma.exp())
+
+
 def step_grid(schedule: Schedule, steps: int, kind: str = "trailing") -> Tensor:
     """Descending times (steps,) float64 at which a sampler evaluates the denoiser.
 
@@ -221,8 +228,6 @@ def step_grid(schedule: Schedule, steps: int, kind: str = "trailing") -> Tensor:
         return schedule.t_from_sigma(sigmas)
     if kind == "uniform":
         return torch.linspace(T - 1, 0, steps, dtype=torch.float64)
-    if kind == "logsnr":  # sigma = exp(-lambda / 2): evenly spaced lambda = evenly spaced log sigma
-        log_sigma = torch.linspace(math.log(schedule.sigma_max), math.log(schedule.sigma_min), steps,
-                                   dtype=torch.float64)
-        return schedule.t_from_sigma(log_sigma.exp())
+    if kind == "logsnr":
+        return logsnr_spaced(schedule, schedule.sigma_max, schedule.sigma_min, steps)
     raise UserError(f"unknown step grid {kind!r}: use one of {', '.join(GRIDS)}")

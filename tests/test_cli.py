@@ -93,7 +93,8 @@ def test_errors_have_no_traceback_in_a_real_process(tmp_path):
     assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("verb", ["train", "distill", "sample", "fid", "eval", "features", "demo", "report", "clip", "data"])
+@pytest.mark.parametrize("verb", ["train", "distill", "sample", "fid", "eval", "features", "demo", "report", "clip",
+                                  "data"])
 def test_help_for_every_verb(verb):
     res = subprocess.run(difflab_cmd(verb, "--help"), cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0 and "usage: difflab" in res.stdout

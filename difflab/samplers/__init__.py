@@ -46,8 +46,9 @@ def default_grid(name: str, steps: int) -> str:
     grid, most = FEW_STEPS_GRID.get(name, (None, 0))
     return grid if steps <= most else DEFAULT_GRID[name]
 
-__all__ = ["DEFAULT_GRID", "FEW_STEPS_GRID", "SAMPLERS", "default_grid", "Sampler", "get_sampler", "sample", "ddim", "ddpm", "dpmpp_2m", "dpmpp_3m",
-           "euler", "heun"]
+
+__all__ = ["DEFAULT_GRID", "FEW_STEPS_GRID", "SAMPLERS", "Sampler", "default_grid", "get_sampler", "sample", "ddim",
+           "ddpm", "dpmpp_2m", "dpmpp_3m", "euler", "heun"]
 
 
 def get_sampler(name: str) -> Sampler:
