@@ -13,8 +13,10 @@ stopped; ``--phases`` runs a subset):
 3. ``fid``: n samples from every model at 20 NFE (difflab ``dpmpp-2m``, the peer its
    ``DPMSolverMultistepScheduler``), FID@n in difflab's Fashion-MNIST feature space, sampling
    seconds (the 10-minute pair is the sampling-time comparison);
-4. ``distill``: ``difflab distill`` of the 10-minute model (4, 2 and 1 NFE students; ``--distill-minutes``
-   split as ``difflab distill`` splits it: half to the 4-step round, a quarter to each of the others);
+4. ``distill``: ``difflab distill`` (trajectory distillation, its default) of the 10-minute model into
+   students of 4, 2 and 1 NFE (``--students``), each in ``--distill-minutes``; the progressive students
+   of earlier runs (``--teacher-solver dpmpp-2s``, one distillation of rounds 4, 2, 1 sharing
+   ``--distill-minutes``) stay in the results as ``distill`` / ``student N``;
 5. ``nfe``: FID@nfe-n of the 10-minute (``--reference``) model against NFE (1, 2, 4, 10, 20 for the ODE samplers,
    1000 for DDPM) and of the students;
 6. ``plot``: FID against minutes for both, bench/figures/quality_per_minute.png.
@@ -59,7 +61,7 @@ SAMPLE_NFE = 20
 # (label, sampler, steps, options): FID against NFE for the sampler family
 NFE_ROWS = [(f"{s} {n}", s, n, {}) for s in ("ddim", "dpmpp-2m", "dpmpp-3m") for n in (1, 2, 4, 10, 20)] \
     + [("ddpm 1000", "ddpm", 1000, {})]
-STUDENT_STEPS = (4, 2, 1)
+STUDENT_STEPS = (4, 2, 1)  # progressive students (rounds of one distillation, earlier runs)
 
 
 def run(cmd: list[str]) -> str:
@@ -145,20 +147,26 @@ class Bench:
     def distill_dir(self) -> Path:
         return self.difflab_run(self.args.reference) / "distill"
 
+    def student_dir(self, steps: int) -> Path:
+        """The trajectory student of ``steps`` steps."""
+        return self.distill_dir() / f"trajectory-{steps}" / f"steps-{steps}"
+
     def distill(self) -> None:
-        if not all(io.is_finished(self.distill_dir() / f"steps-{s}") for s in STUDENT_STEPS):
-            run([sys.executable, "-m", "difflab.cli", "distill", str(self.difflab_run(self.args.reference)), "--steps",
-                 str(min(STUDENT_STEPS)), "--minutes", str(self.args.distill_minutes), "--out", str(self.distill_dir()),
-                 "--no-progress", "--resume"])
-        self.res["distill"] = {"minutes": self.args.distill_minutes,
-                               **{f"steps-{s}": run_summary(self.distill_dir() / f"steps-{s}") for s in STUDENT_STEPS}}
-        self.save()
+        for s in self.args.students:
+            if not io.is_finished(self.student_dir(s)):
+                run([sys.executable, "-m", "difflab.cli", "distill", str(self.difflab_run(self.args.reference)),
+                     "--steps", str(s), "--minutes", str(self.args.distill_minutes), "--out",
+                     str(self.student_dir(s).parent), "--no-progress", "--resume"])
+            self.res.setdefault("distill_trajectory", {})[f"steps-{s}"] = {
+                "minutes": self.args.distill_minutes, **run_summary(self.student_dir(s))}
+            self.save()
 
     def nfe(self) -> None:
         teacher, n = self.difflab_run(self.args.reference), self.args.nfe_n
         self.res["nfe_n"] = n
         rows = [(label, teacher, sampler, steps, opts) for label, sampler, steps, opts in NFE_ROWS]
         rows += [(f"student {s}", self.distill_dir() / f"steps-{s}", None, None, {}) for s in STUDENT_STEPS]
+        rows += [(f"trajectory student {s}", self.student_dir(s), None, None, {}) for s in self.args.students]
         only = self.args.nfe_rows
         for label, run_dir, sampler, steps, opts in rows:
             if only and not any(label.startswith(prefix) for prefix in only):
@@ -205,7 +213,9 @@ def main() -> None:
     p.add_argument("--nfe-n", type=int, default=500, help="samples per row of the FID-against-NFE table")
     p.add_argument("--reference", type=float, default=10.0,
                    help="the budget whose model is distilled and sampled at every NFE (one of --budgets)")
-    p.add_argument("--distill-minutes", type=float, default=10.0)
+    p.add_argument("--distill-minutes", type=float, default=10.0, help="distill: minutes of each student")
+    p.add_argument("--students", type=int, nargs="+", default=[4, 2, 1],
+                   help="distill, nfe: the trajectory students' steps (to split them over processes)")
     p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--nfe-rows", nargs="+", metavar="PREFIX",

@@ -126,7 +126,7 @@ class DistillConfig:
 
     teacher: str | None = None  # run folder of the first teacher; None = not a distilled run
     teacher_steps: int = 64  # steps of that teacher's solver; the first student takes teacher_substeps in one
-    teacher_solver: str = "ddim"  # solver of the first teacher: ddim | dpmpp-2s (later teachers: ddim)
+    teacher_solver: str = "ddim"  # first teacher: ddim | dpmpp-2s | dpmpp-2m (trajectory; later teachers: ddim)
     teacher_substeps: int = 2  # first-teacher steps per first-student step (later rounds: 2)
     steps: int = 0  # DDIM steps of this student (= sample.steps)
     guidance: float = 1.0  # classifier-free guidance of the first teacher, built into every student

@@ -23,7 +23,19 @@ from an accurate solution of the probability-flow ODE in one round instead of af
 x_tilde only needs z_t and the teacher's end point, so it is the same for every teacher. Later
 rounds are Algorithm 2: two DDIM steps of the previous student.
 
-A student of N steps evaluates at t_i = T (1 - i/N) - 1 (the ``trailing-fractional`` grid, equal to
+**Trajectory distillation** (``teacher_solver: dpmpp-2m``, the default) takes the teacher to be the
+run's best few-step sampler instead: DPM-Solver++(2M) on the ``edm`` grid of M steps (Lu et al. 2022,
+Algorithm 2; :func:`difflab.samplers.dpm_solver.dpmpp_2m_trajectory`), run from pure noise, which on
+Fashion-MNIST samples better (FID) than an accurate solution of the ODE. The student of N steps
+evaluates at the ``edm-open`` grid (the ``edm`` grid of N + 1 steps without its last time,
+sigma_min, where a step would hardly move), every time of which is a time of the teacher's grid
+(M = K N + 1): each of its steps is the teacher's K steps between two of its times (``teacher_substeps``;
+the last student step also takes the teacher's final one, from sigma_min to clean data), with the
+same target x_tilde. Its inputs z_t are the teacher's own states, so the student is trained where it
+samples (as in knowledge distillation, Luhman & Luhman 2021, but at every step), and M teacher calls
+give N training pairs. One round: no halving.
+
+A progressive student of N steps evaluates at t_i = T (1 - i/N) - 1 (the ``trailing-fractional`` grid, equal to
 ``trailing`` when N divides T) and steps from the last one to clean data (``CLEAN_T``); its
 teacher's grid nests it. Each round is trained by the one training loop
 (:func:`difflab.train.train`) into ``OUT/steps-N/``, an ordinary run folder (config.yaml with
@@ -46,12 +58,12 @@ from torch import Tensor, nn
 from difflab import io
 from difflab.config import Config, DistillConfig, apply_overrides
 from difflab.data.mixture import MIXTURES
-from difflab.denoisers import NetworkDenoiser, classifier_free_guidance, eps_from_x0, prediction_target
+from difflab.denoisers import Cond, NetworkDenoiser, classifier_free_guidance, eps_from_x0, prediction_target
 from difflab.errors import UserError
 from difflab.losses import truncated_snr_weight
 from difflab.samplers.common import with_clean
 from difflab.samplers.ddim import ddim_step
-from difflab.samplers.dpm_solver import dpmpp_2s_step
+from difflab.samplers.dpm_solver import dpmpp_2m_trajectory, dpmpp_2s_step
 from difflab.schedules import CLEAN_T, Schedule, _expand, logsnr_spaced, step_grid
 from difflab.tasks import build_task
 from difflab.tasks.image import load_image_model
@@ -64,7 +76,13 @@ DEFAULT_LR = 3e-4  # beat 1e-3 on Fashion-MNIST at 1.5 CPU-minutes a round (BENC
 # one step (denoiser, z_t, t, s, schedule, cond) -> z_s at per-sample times, from difflab.samplers
 TEACHER_SOLVERS: dict[str, Callable[..., Tensor]] = {"ddim": ddim_step, "dpmpp-2s": dpmpp_2s_step}
 DEFAULT_SUBSTEPS = {"ddim": 2, "dpmpp-2s": 4}  # first-teacher steps per first-student step (ddim: Algorithm 2)
-DEFAULT_SOLVER = "dpmpp-2s"
+TRAJECTORY = "dpmpp-2m"  # the teacher solver of trajectory distillation (a whole sampler, not a step)
+TEACHER_GRID = "edm"  # the teacher's grid: the best few-step grid of dpmpp-2m
+TRAJECTORY_GRID = "edm-open"  # the student's: the edm grid of N + 1 steps without sigma_min, nested in the teacher's
+TRAJECTORY_TEACHER_STEPS = 8  # best M on the 5- and 30-min Fashion-MNIST models (BENCHMARKS.md, "Few-step students")
+TRAJECTORY_LR = 1e-3
+SOLVERS = (TRAJECTORY, *TEACHER_SOLVERS)
+DEFAULT_SOLVER = TRAJECTORY
 FIRST_STEPS = 4  # default steps of the first student (or --steps, if more)
 FIRST_ROUND_SHARE = 0.5  # of --minutes, to the first round; the rest split evenly
 STUDENT_EMA_DECAY = 0.99  # EMA horizon of ~100 of a round's few hundred optimizer steps
@@ -110,6 +128,43 @@ def teacher_grid(schedule: Schedule, steps: int, solver: str = "ddim", substeps:
     return grid
 
 
+def trajectory_substeps(steps: int, teacher_steps: int) -> int:
+    """K, the teacher steps per student step of trajectory distillation (the last student step takes
+    one more: the teacher's from sigma_min to clean data)."""
+    return (teacher_steps - 1) // steps
+
+
+def trajectory_teacher_steps(steps: int, substeps: int | None = None) -> int:
+    """M for a student of N steps: ``substeps`` per student step, or by default the M nearest
+    ``TRAJECTORY_TEACHER_STEPS`` (the fewer on a tie; 2 per student step at least) whose ``edm`` grid
+    holds the student's."""
+    if substeps is None:
+        below = (TRAJECTORY_TEACHER_STEPS - 1) // steps  # substeps of the nesting M at or below the best
+        substeps = max(2, min((below, below + 1), key=lambda k: abs(k * steps + 1 - TRAJECTORY_TEACHER_STEPS)))
+    return substeps * steps + 1
+
+
+def check_trajectory_steps(steps: int, teacher_steps: int, timesteps: int) -> None:
+    """One-line errors where the ``edm`` grid of M teacher steps does not hold the student's N."""
+    if not steps < teacher_steps <= timesteps or (teacher_steps - 1) % steps:
+        raise UserError(f"--teacher-steps {teacher_steps} does not hold the {steps} steps of the student in its grid "
+                        f"(at most {timesteps}, and teacher steps - 1 a multiple of student steps): pass e.g. "
+                        f"--teacher-steps {trajectory_teacher_steps(steps)}")
+
+
+def trajectory_grid(schedule: Schedule, steps: int, teacher_steps: int) -> tuple[Tensor, list[int]]:
+    """The teacher's times (M,) float64, the ``edm`` grid of M = K N + 1 steps with the student's
+    ``edm-open`` grid of N steps put in exactly (every K-th time), and the N + 1 positions of the
+    student's times and of clean data among the M + 1 states of
+    :func:`difflab.samplers.dpm_solver.dpmpp_2m_trajectory`."""
+    check_trajectory_steps(steps, teacher_steps, schedule.T)
+    K = trajectory_substeps(steps, teacher_steps)
+    index = [i * K for i in range(steps)] + [teacher_steps]
+    times = step_grid(schedule, teacher_steps, TEACHER_GRID).clone()
+    times[index[:-1]] = step_grid(schedule, steps, TRAJECTORY_GRID)
+    return times, index
+
+
 class DistillTask:
     """One round as a task of :func:`difflab.train.train`: the student of ``config.distill.steps`` steps,
     initialised with the weights of ``teacher`` (a run folder, its EMA weights, frozen).
@@ -118,8 +173,9 @@ class DistillTask:
         config: the student's config (:func:`student_config`).
         teacher: run folder of the teacher.
         first_round: the teacher is the trained run, taking ``config.distill.teacher_substeps`` steps of
-            ``teacher_solver`` per student step with guidance ``config.distill.guidance``; otherwise it is
-            the previous student, taking two DDIM steps with guidance 1 (``LATER_ROUNDS``).
+            ``teacher_solver`` per student step with guidance ``config.distill.guidance`` (for ``dpmpp-2m``
+            along its trajectories from noise); otherwise it is the previous student, taking two DDIM steps
+            with guidance 1 (``LATER_ROUNDS``).
     """
 
     def __init__(self, config: Config, teacher: str | Path, first_round: bool = True) -> None:
@@ -134,14 +190,19 @@ class DistillTask:
         self.teacher = classifier_free_guidance(
             NetworkDenoiser(self.teacher_net, self.schedule, teacher_cfg.diffusion.prediction,
                             clip_x0=teacher_cfg.sample.clip_x0), d.guidance if first_round else 1.0)
-        self.teacher_step = TEACHER_SOLVERS[solver]
-        self.grid = teacher_grid(self.schedule, self.steps, solver, substeps)  # (N, K + 1)
+        self.trajectory = solver == TRAJECTORY
+        if self.trajectory:  # teacher's times (M,), positions of the student's among its states (N + 1)
+            self.times, self.index = trajectory_grid(self.schedule, self.steps, d.teacher_steps)
+        else:
+            self.teacher_step = TEACHER_SOLVERS[solver]
+            self.grid = teacher_grid(self.schedule, self.steps, solver, substeps)  # (N, K + 1)
         _check_run_files(self.run_files(), Path(teacher))
 
     def to(self, device: torch.device) -> None:
         self.base.to(device)
         self.teacher_net.to(device)
-        self.grid = self.grid.to(device)
+        if not self.trajectory:
+            self.grid = self.grid.to(device)
 
     def run_files(self) -> dict[str, str]:
         """The base task's files (a scratch encoder's vocabulary), so the student loads on its own."""
@@ -156,7 +217,11 @@ class DistillTask:
     def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor:
         """Algorithm 2 on a random batch: z_t at a student time t drawn uniformly per sample, the teacher's
         K steps t -> ... -> t'', and the squared error of the student's prediction against the target
-        x_tilde in its own parameterisation, weighted by :func:`difflab.losses.truncated_snr_weight`."""
+        x_tilde in its own parameterisation, weighted by :func:`difflab.losses.truncated_snr_weight`.
+        Trajectory distillation instead takes ceil(``batch_size`` / N) trajectories of the teacher from
+        noise, each giving its N steps."""
+        if self.trajectory:
+            return self._trajectory_loss(model, batch_size, generator)
         x0, cond = self.base.batch(batch_size, generator)  # drop only for empty captions: cond_drop_prob 0
         i = torch.randint(0, self.steps, (len(x0),), device=x0.device, generator=generator)  # (B,)
         times = self.grid[i]  # (B, K + 1) float64: t = times[:, 0] -> ... -> t'' = times[:, -1]
@@ -169,7 +234,29 @@ class DistillTask:
             for k in range(times.shape[1] - 1):
                 z = self.teacher_step(self.teacher, z, times[:, k], times[:, k + 1], self.schedule, cond)
             x_tilde = distillation_target(z_t, z, alpha_bar_t, self.schedule.alpha_bar_at(t2))
+        return self._student_loss(model, z_t, t, x_tilde, cond)
+
+    def _trajectory_loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor:
+        """Trajectory distillation: the student's step from each of its times to the next, against the
+        teacher's trajectories from noise (conditions drawn with the data, as the base task draws them)."""
+        b = -(-batch_size // self.steps)  # trajectories
+        x0, cond = self.base.batch(b, generator)
+        z_T = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        with torch.no_grad():
+            states = dpmpp_2m_trajectory(self.teacher, z_T, self.schedule, self.times, cond=cond)  # (M + 1, b, ...)
+        times = with_clean(self.times)[self.index]  # (N + 1,) the student's times, then clean
+        z_t = states[self.index[:-1]].flatten(0, 1)  # (N b, ...): step-major, b trajectories per step
+        z_s = states[self.index[1:]].flatten(0, 1)  # (N b, ...): where the teacher is at the next time
+        t, s = (ts.repeat_interleave(b).to(x0.device) for ts in (times[:-1], times[1:]))  # (N b,) each
+        x_tilde = distillation_target(z_t, z_s, self.schedule.alpha_bar_at(t), self.schedule.alpha_bar_at(s))
+        cond = {k: v.repeat(self.steps, *[1] * (v.dim() - 1)) for k, v in cond.items()}  # (N b, ...) as z_t
+        return self._student_loss(model, z_t, t, x_tilde, cond)
+
+    def _student_loss(self, model: nn.Module, z_t: Tensor, t: Tensor, x_tilde: Tensor, cond: Cond) -> Tensor:
+        """The student's squared error against the target x_tilde in its own parameterisation, weighted
+        by :func:`difflab.losses.truncated_snr_weight`. z_t: (B, ...); t: (B,) float64."""
         prediction = self.config.diffusion.prediction
+        alpha_bar_t = self.schedule.alpha_bar_at(t)  # (B,) float64
         alpha_bar = _expand(alpha_bar_t, z_t)
         target = prediction_target(prediction, x_tilde, eps_from_x0(z_t, x_tilde, alpha_bar), alpha_bar)
         out = model(z_t, t.float(), **cond)
@@ -189,11 +276,11 @@ def _check_run_files(files: dict[str, str], teacher: Path) -> None:
 # -- rounds ------------------------------------------------------------------------------------
 def check_teacher_solver(solver: str, substeps: int | None) -> None:
     """One-line errors for an unknown first-teacher solver or fewer than one substep (None: the default)."""
-    if solver not in TEACHER_SOLVERS:
-        raise UserError(f"unknown --teacher-solver {solver!r}: use one of {', '.join(TEACHER_SOLVERS)}")
+    if solver not in SOLVERS:
+        raise UserError(f"unknown --teacher-solver {solver!r}: use one of {', '.join(SOLVERS)}")
     if substeps is not None and substeps < 1:
         raise UserError(f"--teacher-substeps must be at least 1, got {substeps}: pass e.g. "
-                        f"--teacher-substeps {DEFAULT_SUBSTEPS[solver]}")
+                        f"--teacher-substeps {DEFAULT_SUBSTEPS.get(solver, 2)}")
 
 
 def plan_rounds(teacher_steps: int, steps: int, timesteps: int, substeps: int = 2) -> list[int]:
@@ -212,6 +299,17 @@ def plan_rounds(teacher_steps: int, steps: int, timesteps: int, substeps: int = 
                         f"/ --teacher-substeps {substeps}) halved zero or more times: "
                         f"pass one of {', '.join(map(str, halvings))}")
     return halvings[:halvings.index(steps) + 1]
+
+
+def _trajectory_steps(steps: int, teacher_steps: int | None, substeps: int | None, cfg: Config) -> tuple[int, int]:
+    """M and the teacher steps per student step of trajectory distillation, from either or neither."""
+    M = teacher_steps or trajectory_teacher_steps(steps, substeps)
+    check_trajectory_steps(steps, M, cfg.diffusion.timesteps)
+    K = trajectory_substeps(steps, M)
+    if substeps is not None and substeps != K:
+        raise UserError(f"--teacher-steps {M} takes {K} teacher steps per student step, not --teacher-substeps "
+                        f"{substeps}: pass only one of them")
+    return M, K
 
 
 def split_minutes(plan: Sequence[int], minutes: float) -> list[float]:
@@ -235,15 +333,17 @@ def read_teacher(run: str | Path) -> Config:
 
 def student_config(teacher_cfg: Config, distill: DistillConfig, overrides: Sequence[str] = ()) -> Config:
     """The config of the student of ``distill.steps`` steps: the teacher's, sampled with deterministic
-    DDIM on the student's grid and guidance 1, trained at ``DEFAULT_LR`` without warm-up or condition
+    DDIM on the student's grid (``edm-open`` for trajectory distillation) and guidance 1, trained at
+    ``TRAJECTORY_LR`` (trajectory distillation) or ``DEFAULT_LR`` without warm-up or condition
     dropout, its learning rate decayed (cosine) to the end of the round, EMA decay ``STUDENT_EMA_DECAY``,
     then ``overrides`` (``a.b=value``)."""
     N, T = distill.steps, teacher_cfg.diffusion.timesteps
+    trajectory = distill.teacher_solver == TRAJECTORY
+    grid = TRAJECTORY_GRID if trajectory else "trailing" if T % N == 0 else GRID
     cfg = replace(teacher_cfg, model=replace(teacher_cfg.model, cond_drop_prob=0.0),
-                  train=replace(teacher_cfg.train, lr=DEFAULT_LR, warmup_steps=0, lr_decay="cosine",
-                                ema_decay=STUDENT_EMA_DECAY),
-                  sample=replace(teacher_cfg.sample, sampler="ddim", eta=0.0, steps=N, guidance=1.0,
-                                 grid="trailing" if T % N == 0 else GRID),
+                  train=replace(teacher_cfg.train, lr=TRAJECTORY_LR if trajectory else DEFAULT_LR, warmup_steps=0,
+                                lr_decay="cosine", ema_decay=STUDENT_EMA_DECAY),
+                  sample=replace(teacher_cfg.sample, sampler="ddim", eta=0.0, steps=N, guidance=1.0, grid=grid),
                   distill=distill)
     cfg = apply_overrides(cfg, list(overrides))
     if replace(cfg.distill, guidance=distill.guidance) != distill or cfg.sample.steps != N:
@@ -295,9 +395,13 @@ def distill(run: str | Path, steps: int, *, out: str | Path | None = None, teach
     teacher_cfg = read_teacher(run)
     teacher_solver = teacher_solver or DEFAULT_SOLVER
     check_teacher_solver(teacher_solver, teacher_substeps)
-    substeps = teacher_substeps or DEFAULT_SUBSTEPS[teacher_solver]
-    teacher_steps = substeps * max(steps, FIRST_STEPS) if teacher_steps is None else teacher_steps
-    plan = plan_rounds(teacher_steps, steps, teacher_cfg.diffusion.timesteps, substeps)
+    if teacher_solver == TRAJECTORY:  # one round
+        teacher_steps, substeps = _trajectory_steps(steps, teacher_steps, teacher_substeps, teacher_cfg)
+        plan = [steps]
+    else:
+        substeps = teacher_substeps or DEFAULT_SUBSTEPS[teacher_solver]
+        teacher_steps = substeps * max(steps, FIRST_STEPS) if teacher_steps is None else teacher_steps
+        plan = plan_rounds(teacher_steps, steps, teacher_cfg.diffusion.timesteps, substeps)
     conditional = teacher_cfg.model.num_classes > 0 or is_text_to_image(teacher_cfg)
     first = DistillConfig(teacher=str(run), teacher_steps=teacher_steps, teacher_solver=teacher_solver,
                           teacher_substeps=substeps, guidance=teacher_cfg.sample.guidance if conditional else 1.0)

@@ -32,7 +32,7 @@ from difflab.errors import UserError
 
 CLEAN_T = -1.0  # the time of clean data: alpha_bar = 1, sigma = 0
 SCHEDULES = ("linear", "cosine")
-GRIDS = ("trailing", "trailing-fractional", "leading", "linspace", "karras", "edm", "logsnr", "uniform")
+GRIDS = ("trailing", "trailing-fractional", "leading", "linspace", "karras", "edm", "edm-open", "logsnr", "uniform")
 COSINE_S = 0.008  # Nichol & Dhariwal 2021, eq. 17 offset
 COSINE_MAX_BETA = 0.999  # Nichol & Dhariwal 2021: betas clipped to avoid a singularity at t = T
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5
@@ -202,7 +202,9 @@ def step_grid(schedule: Schedule, steps: int, kind: str = "trailing") -> Tensor:
     equal to ``trailing`` when steps divides T), ``leading`` (k * T//steps), ``linspace``
     (round(linspace(0, T-1, steps+1)) without 0), ``karras`` (Karras et al. 2022, eq. 5,
     fractional t), ``edm`` (the same with sigma_max capped at EDM's 80: a cosine schedule's
-    sigma_max of ~2e4 would spend most steps where x_t is pure noise). Two more that, like
+    sigma_max of ~2e4 would spend most steps where x_t is pure noise), ``edm-open`` (the ``edm`` grid
+    of steps + 1 without its last time, sigma_min, so that every step moves: from the last time the
+    sampler jumps to clean data, which few-step distilled students need). Two more that, like
     ``karras``, run from T-1 down to 0 so the last jump to clean data starts from the least
     noise: ``uniform`` (evenly spaced in t) and ``logsnr`` (evenly spaced in lambda = log-SNR,
     Lu et al. 2022, DPM-Solver, section 3.3).
@@ -223,9 +225,10 @@ def step_grid(schedule: Schedule, steps: int, kind: str = "trailing") -> Tensor:
     if kind == "karras":
         sigmas = karras_sigmas(schedule.sigma_min, schedule.sigma_max, steps)
         return schedule.t_from_sigma(sigmas)
-    if kind == "edm":
-        sigmas = karras_sigmas(schedule.sigma_min, min(schedule.sigma_max, EDM_SIGMA_MAX), steps)
-        return schedule.t_from_sigma(sigmas)
+    if kind in ("edm", "edm-open"):
+        open_end = kind == "edm-open"
+        sigmas = karras_sigmas(schedule.sigma_min, min(schedule.sigma_max, EDM_SIGMA_MAX), steps + open_end)
+        return schedule.t_from_sigma(sigmas[:steps])
     if kind == "uniform":
         return torch.linspace(T - 1, 0, steps, dtype=torch.float64)
     if kind == "logsnr":

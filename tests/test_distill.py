@@ -15,13 +15,14 @@ from difflab.analytic import gaussian_denoiser, gaussian_ode_solution
 from difflab.cli import main
 from difflab.config import DistillConfig, apply_overrides, load_config
 from difflab.denoisers import eps_from_x0
-from difflab.distill import (GRID, TEACHER_SOLVERS, DistillTask, distill, distillation_target, plan_rounds,
-                             read_teacher, split_minutes, student_config, teacher_grid)
+from difflab.distill import (GRID, TEACHER_SOLVERS, TRAJECTORY_GRID, DistillTask, distill, distillation_target,
+                             plan_rounds, read_teacher, split_minutes, student_config, teacher_grid, trajectory_grid,
+                             trajectory_teacher_steps)
 from difflab.errors import UserError
 from difflab.samplers import ddim, sample
 from difflab.samplers.common import with_clean
 from difflab.samplers.ddim import ddim_step
-from difflab.samplers.dpm_solver import dpmpp_2s_step
+from difflab.samplers.dpm_solver import dpmpp_2m, dpmpp_2m_trajectory, dpmpp_2s_step
 from difflab.schedules import CLEAN_T, _expand, make_schedule, step_grid
 from difflab.tasks.image import ImageTask, generate, load_image_model
 from difflab.tasks.text_to_image import TOKENIZER_FILE, TextToImageTask
@@ -164,6 +165,45 @@ def test_teacher_grid(N, K):
     torch.testing.assert_close(log_snr.diff(), log_snr.diff()[:1].expand(K - 1), rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("N, M", [(1, 8), (2, 7), (3, 7), (4, 9), (4, 13), (5, 11)])
+def test_trajectory_grid(N, M):
+    """The teacher's grid is the edm grid of M = K N + 1 steps; every K-th time is the student's (its edm-open
+    grid, the edm grid of N + 1 steps without sigma_min, put in exactly), so the student's last step spans the
+    teacher's last K + 1, to clean data; the default M is the nesting one nearest 8."""
+    schedule = make_schedule("cosine", 1000)
+    times, index = trajectory_grid(schedule, N, M)
+    student = step_grid(schedule, N, TRAJECTORY_GRID)
+    K = (M - 1) // N
+    assert times.shape == (M,) and index == [*range(0, N * K, K), M]
+    assert torch.equal(times[index[:-1]], student) and (times.diff() < 0).all()
+    torch.testing.assert_close(student, step_grid(schedule, N + 1, "edm")[:N], rtol=0, atol=0)
+    torch.testing.assert_close(times, step_grid(schedule, M, "edm"), rtol=0, atol=1e-9)
+    assert float(times[-1]) == 0.0 and float(student[-1]) > 0  # the teacher ends at sigma_min, the student above
+    assert trajectory_teacher_steps(N) == (9 if (N, M) == (4, 13) else M)
+    with pytest.raises(UserError, match=f"does not hold the {N} steps of the student.*--teacher-steps "
+                                        f"{trajectory_teacher_steps(N)}"):
+        trajectory_grid(schedule, N, N)
+
+
+def test_trajectory_states_are_the_samplers():
+    """The teacher's states: x_T, then dpmpp_2m's state after each step; the last is what dpmpp_2m returns."""
+    schedule = make_schedule("cosine", 1000)
+    _, _, denoiser = _gaussian(schedule)
+    x_T = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    times, _ = trajectory_grid(schedule, 4, 9)
+    states = dpmpp_2m_trajectory(denoiser, x_T, schedule, times)
+    assert states.shape == (10, 3, 4) and torch.equal(states[0], x_T)
+    torch.testing.assert_close(states[-1], dpmpp_2m(denoiser, x_T, schedule, times), rtol=0, atol=0)
+    for k in (1, 3, 6):  # the sampler on the first k + 1 times is at state k when its last step (to clean)
+        calls = []  # sees the identity as x0_hat
+
+        def stop(x, t, cond=None):
+            calls.append(t)
+            return x if len(calls) == k + 1 else denoiser(x, t, cond)
+
+        torch.testing.assert_close(dpmpp_2m(stop, x_T, schedule, times[:k + 1]), states[k], rtol=1e-12, atol=1e-12)
+
+
 def test_plan_and_budget():
     assert plan_rounds(64, 4, 1000) == [32, 16, 8, 4]  # Algorithm 2: a 64-step DDIM teacher
     assert plan_rounds(16, 1, 1000, substeps=4) == [4, 2, 1] and plan_rounds(16, 4, 1000, substeps=4) == [4]
@@ -173,9 +213,9 @@ def test_plan_and_budget():
 
 
 def test_one_round_learns_and_the_student_samples_alone(teacher, tmp_path):
-    """The first round from the default teacher (DPM-Solver++(2S)), here 4 of its steps in one."""
-    student = distill(teacher, 1, teacher_steps=4, teacher_substeps=4, out=tmp_path / "out", max_steps=60,
-                      progress=False, overrides=[*QUICK, "train.lr=1e-3"])
+    """The first round from a DPM-Solver++(2S) teacher, here 4 of its steps in one."""
+    student = distill(teacher, 1, teacher_steps=4, teacher_solver="dpmpp-2s", teacher_substeps=4,
+                      out=tmp_path / "out", max_steps=60, progress=False, overrides=[*QUICK, "train.lr=1e-3"])
     assert student == tmp_path / "out" / "steps-1"
     cfg, model = load_image_model(student)
     s, d = cfg.sample, cfg.distill
@@ -202,6 +242,28 @@ def test_one_round_learns_and_the_student_samples_alone(teacher, tmp_path):
         assert main(["sample", str(alone), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
     finally:
         teacher.with_name("gone").rename(teacher)
+
+
+def test_trajectory_student_learns_and_samples_on_its_grid(teacher, tmp_path):
+    """The default: trajectory distillation of the class-conditional run (guidance 2 built in) from 7 steps
+    of dpmpp-2m on edm into a 2-step student that samples with ddim on the edm-open grid of 2 steps."""
+    student = distill(teacher, 2, out=tmp_path / "out", max_steps=60, progress=False, overrides=QUICK)
+    cfg, model = load_image_model(student)
+    s, d = cfg.sample, cfg.distill
+    assert (s.sampler, s.steps, s.grid, s.eta, s.guidance) == ("ddim", 2, TRAJECTORY_GRID, 0.0, 1.0)
+    assert (d.teacher_steps, d.teacher_solver, d.teacher_substeps, d.steps, d.guidance) == (7, "dpmpp-2m", 3, 2, 2.0)
+    assert cfg.train.lr == 1e-3 and io.read_metrics(student)[-1]["step"] == 60
+
+    task = DistillTask(cfg, teacher, first_round=True)
+    _, init = load_image_model(teacher)
+    with torch.no_grad():
+        before, after = (float(task.loss(m, 256, torch.Generator().manual_seed(1))) for m in (init, model))
+    assert after < 0.7 * before, (before, after)
+
+    seen = []
+    model.register_forward_pre_hook(lambda _, args: seen.append(float(args[1][0])))
+    generate(cfg, model, 2, progress=False)
+    assert seen == pytest.approx(step_grid(task.schedule, 2, TRAJECTORY_GRID).tolist(), abs=1e-6)
 
 
 def test_text_conditional(tmp_path):
@@ -249,14 +311,17 @@ def test_errors(teacher, tmp_path, capsys):
     assert "not a run folder" in error(str(tmp_path), "--steps", "4")
     assert "pass one of 32, 16, 8, 4, 2, 1" in error(str(teacher), "--steps", "3", "--teacher-steps", "64",
                                                    "--teacher-solver", "ddim")
-    assert "pass one of 4, 2, 1" in error(str(teacher), "--steps", "3")  # the default first student: 4 steps
+    assert "pass one of 4, 2, 1" in error(str(teacher), "--steps", "3", "--teacher-solver", "dpmpp-2s")
+    assert "does not hold the 4 steps of the student" in error(str(teacher), "--steps", "4", "--teacher-steps", "8")
+    assert "takes 3 teacher steps per student step, not --teacher-substeps 2" in error(
+        str(teacher), "--steps", "4", "--teacher-steps", "13", "--teacher-substeps", "2")
     assert "pass one of 32, 16" in error(str(teacher), "--steps", "64", "--teacher-steps", "64", "--teacher-solver",
                                          "ddim")
-    assert "unknown --teacher-solver 'heun': use one of ddim, dpmpp-2s" in error(str(teacher), "--steps", "1",
+    assert "unknown --teacher-solver 'heun': use one of dpmpp-2m, ddim, dpmpp-2s" in error(str(teacher), "--steps", "1",
                                                                                  "--teacher-solver", "heun")
     assert "--teacher-substeps: must be positive" in error(str(teacher), "--steps", "1", "--teacher-substeps", "0")
     assert "not a multiple of --teacher-substeps 3" in error(str(teacher), "--steps", "1", "--teacher-substeps", "3",
-                                                             "--teacher-steps", "8")
+                                                             "--teacher-steps", "8", "--teacher-solver", "dpmpp-2s")
     out = str(tmp_path / "out")
     assert main(["distill", str(teacher), "--steps", "1", "--teacher-steps", "2", "--teacher-solver", "ddim",
                  "--out", out, "--max-steps", "1", "--no-progress"]) == 0

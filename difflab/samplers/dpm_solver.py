@@ -65,6 +65,16 @@ def dpmpp_3m(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, timesteps: Ten
     return _multistep(denoiser, x_T, schedule, timesteps, cond, progress, order=3, name="dpmpp-3m")
 
 
+def dpmpp_2m_trajectory(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, timesteps: Tensor, *,
+                        cond: Cond | None = None) -> Tensor:
+    """The states of :func:`dpmpp_2m` at every time of ``timesteps`` and at clean data: (N + 1, B, ...),
+    ``[0]`` = ``x_T``, ``[-1]`` = what :func:`dpmpp_2m` returns (the teacher of trajectory distillation,
+    :mod:`difflab.distill`)."""
+    states = [x_T]
+    _multistep(denoiser, x_T, schedule, timesteps, cond, False, order=2, name="dpmpp-2m", states=states)
+    return torch.stack(states)
+
+
 LOWER_ORDER_FINAL_BELOW = 15  # diffusers' lower_order_final threshold on the number of steps
 
 
@@ -78,8 +88,9 @@ def _step_order(i: int, n: int, order: int) -> int:
 
 
 def _multistep(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, timesteps: Tensor, cond: Cond | None,
-               progress: bool, order: int, name: str) -> Tensor:
-    """DPM-Solver++ multistep of the given order (2 or 3); see :func:`dpmpp_2m` for the update."""
+               progress: bool, order: int, name: str, states: list[Tensor] | None = None) -> Tensor:
+    """DPM-Solver++ multistep of the given order (2 or 3); see :func:`dpmpp_2m` for the update. Appends
+    the state after every step to ``states`` when given."""
     times = with_clean(check_timesteps(schedule, timesteps))
     alpha_bar = schedule.alpha_bar_at(times)  # (N + 1,) float64, last = 1
     alpha, sigma = alpha_bar.sqrt().tolist(), (1 - alpha_bar).sqrt().tolist()
@@ -105,6 +116,8 @@ def _multistep(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, timesteps: T
                 D2 = (D1_0 - D1_1) / (r0 + r1)
                 x = x + (alpha[i + 1] * (phi_1 / h + 1)) * D1 - (alpha[i + 1] * ((phi_1 + h) / h ** 2 - 0.5)) * D2
         history = (history + [x0_hat])[-2:]
+        if states is not None:
+            states.append(x)
     return x
 
 
