@@ -263,7 +263,7 @@ def test_trajectory_student_learns_and_samples_on_its_grid(teacher, tmp_path):
     seen = []
     model.register_forward_pre_hook(lambda _, args: seen.append(float(args[1][0])))
     generate(cfg, model, 2, progress=False)
-    assert seen == pytest.approx(step_grid(task.schedule, 2, TRAJECTORY_GRID).tolist(), abs=1e-6)
+    assert seen == pytest.approx(step_grid(task.schedule, 2, TRAJECTORY_GRID).tolist(), abs=1e-4)  # float32 t
 
 
 def test_text_conditional(tmp_path):
@@ -272,7 +272,7 @@ def test_text_conditional(tmp_path):
               *TINY, "train.max_steps=2", "train.checkpoint_every=1000", "sample.guidance=3"]
     run = tmp_path / "run"
     train(TextToImageTask(apply_overrides(load_config(None), shapes)), run, progress=False)
-    student = distill(run, 1, teacher_steps=2, teacher_substeps=2, max_steps=2, overrides=QUICK, progress=False)
+    student = distill(run, 1, teacher_substeps=2, max_steps=2, overrides=QUICK, progress=False)  # 3 dpmpp-2m steps
     assert (student / TOKENIZER_FILE).read_text() == (run / TOKENIZER_FILE).read_text()
     cfg, model = load_image_model(student)
     assert cfg.distill.guidance == 3.0 and cfg.model.cond_drop_prob == 0.0
@@ -332,7 +332,7 @@ def test_errors(teacher, tmp_path, capsys):
     assert "holds a different distillation" in error(str(teacher), "--steps", "1", "--teacher-steps", "4",
                                                      "--teacher-solver", "ddim", "--out", out, "--resume")
     assert "holds a different distillation" in error(str(teacher), "--steps", "1", "--teacher-steps", "2",
-                                                     "--teacher-substeps", "2", "--out", out, "--resume")
+                                                     "--out", out, "--resume")  # dpmpp-2m, not ddim
     assert "--set cannot change" in error(str(teacher), *same, "--resume", "--set", "sample.steps=2")
     assert "--set cannot change" in error(str(teacher), *same, "--resume", "--set", "distill.teacher_substeps=4")
     with pytest.raises(UserError, match="--teacher-substeps must be at least 1, got 0"):
