@@ -1,6 +1,7 @@
-"""Progressive distillation (Salimans & Ho 2022, "Progressive Distillation for Fast Sampling of
-Diffusion Models", Algorithm 2): a student learns to take in one deterministic DDIM step what its
-teacher takes in several; round after round the steps halve (e.g. 4 -> 2 -> 1).
+"""Few-step students: a student learns to take in one deterministic DDIM step what its teacher takes
+in several. Progressive distillation (Salimans & Ho 2022, "Progressive Distillation for Fast Sampling
+of Diffusion Models", Algorithm 2) halves the steps round after round (e.g. 4 -> 2 -> 1); trajectory
+distillation (the default, below) learns the best few-step sampler's trajectories in one round.
 
 Notation (VP form, as the paper and :mod:`difflab.samplers.dpm_solver`):
 
@@ -29,14 +30,14 @@ Algorithm 2; :func:`difflab.samplers.dpm_solver.dpmpp_2m_trajectory`), run from 
 Fashion-MNIST samples better (FID) than an accurate solution of the ODE. The student of N steps
 evaluates at the ``edm-open`` grid (the ``edm`` grid of N + 1 steps without its last time,
 sigma_min, where a step would hardly move), every time of which is a time of the teacher's grid
-(M = K N + 1): each of its steps is the teacher's K steps between two of its times (``teacher_substeps``;
-the last student step also takes the teacher's final one, from sigma_min to clean data), with the
-same target x_tilde. Its inputs z_t are the teacher's own states, so the student is trained where it
-samples (as in knowledge distillation, Luhman & Luhman 2021, but at every step), and M teacher calls
-give N training pairs. One round: no halving.
+(M = K N + 1): each of its steps is the teacher's K steps between two of its times
+(``teacher_substeps``; the last student step also takes the teacher's final one, from sigma_min to
+clean data), with the same target x_tilde. Its inputs z_t are the teacher's own states, so the
+student is trained where it samples (as in knowledge distillation, Luhman & Luhman 2021, but at
+every step), and M teacher calls give N training pairs. One round: no halving.
 
-A progressive student of N steps evaluates at t_i = T (1 - i/N) - 1 (the ``trailing-fractional`` grid, equal to
-``trailing`` when N divides T) and steps from the last one to clean data (``CLEAN_T``); its
+A progressive student of N steps evaluates at t_i = T (1 - i/N) - 1 (the ``trailing-fractional``
+grid, equal to ``trailing`` when N divides T) and steps from the last one to clean data (``CLEAN_T``); its
 teacher's grid nests it. Each round is trained by the one training loop
 (:func:`difflab.train.train`) into ``OUT/steps-N/``, an ordinary run folder (config.yaml with
 ``sample.sampler: ddim``, ``sample.steps: N`` and a ``distill`` section; checkpoints) that
