@@ -81,7 +81,7 @@ TRAJECTORY = "dpmpp-2m"  # the teacher solver of trajectory distillation (a whol
 TEACHER_GRID = "edm"  # the teacher's grid: the best few-step grid of dpmpp-2m
 TRAJECTORY_GRID = "edm-open"  # the student's: the edm grid of N + 1 steps without sigma_min, nested in the teacher's
 TRAJECTORY_TEACHER_STEPS = 8  # best M on the 5- and 30-min Fashion-MNIST models (BENCHMARKS.md, "Few-step students")
-TRAJECTORY_LR = 1e-3
+TRAJECTORY_LR = 1e-3  # beat 3e-4 and 2e-3 on the 5- and 30-min models (BENCHMARKS.md, "Few-step students")
 SOLVERS = (TRAJECTORY, *TEACHER_SOLVERS)
 DEFAULT_SOLVER = TRAJECTORY
 FIRST_STEPS = 4  # default steps of the first student (or --steps, if more)
@@ -378,13 +378,16 @@ def distill(run: str | Path, steps: int, *, out: str | Path | None = None, teach
     Args:
         run: the first teacher, a trained image run (its EMA weights; unconditional, class-conditional
             or text-to-image).
-        steps: network evaluations of the final student: the first student's halved zero or more times.
+        steps: network evaluations of the final student (progressive: the first student's halved zero or
+            more times).
         out: folder of the rounds, ``OUT/steps-N/`` (default ``RUN/distill``).
-        teacher_steps: steps of the first teacher; the first student takes ``teacher_substeps`` of them in
-            one (default: a first student of max(``steps``, ``FIRST_STEPS``) steps).
-        teacher_solver: the first teacher's solver, ``dpmpp-2s`` (DPM-Solver++(2S), default) or ``ddim``
-            (Algorithm 2); later rounds use ddim.
-        teacher_substeps: first-teacher steps per first-student step (default ``DEFAULT_SUBSTEPS[solver]``).
+        teacher_steps: steps of the first teacher. Trajectory distillation: M = K N + 1 (default
+            :func:`trajectory_teacher_steps`); progressive: the first student takes ``teacher_substeps`` of
+            them in one (default: a first student of max(``steps``, ``FIRST_STEPS``) steps).
+        teacher_solver: the first teacher's solver: ``dpmpp-2m`` (trajectory distillation, one round,
+            default), ``dpmpp-2s`` (DPM-Solver++(2S)) or ``ddim`` (Algorithm 2); later rounds use ddim.
+        teacher_substeps: first-teacher steps per first-student step (default ``DEFAULT_SUBSTEPS[solver]``;
+            for ``dpmpp-2m`` K, which sets M when ``teacher_steps`` is not given).
         minutes: wall-clock budget of all rounds together (:func:`split_minutes`).
         round_minutes: budget of each round instead. max_steps: optimizer steps of each round at most.
         overrides: ``a.b=value`` for every student's config (e.g. ``train.lr=1e-4``, ``distill.guidance=2``).
