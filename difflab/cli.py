@@ -143,7 +143,7 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", help="ddpm | ddim | dpmpp-2m | dpmpp-3m | euler | heun (default: the run's sample.sampler)")
     p.add_argument("--steps", type=_positive(int), help="number of sampling steps")
     p.add_argument("--grid", help="step grid: trailing | trailing-fractional | leading | linspace | karras | edm | "
-                                  "uniform | logsnr (default: the run's sample.grid, else the sampler's own)")
+                                  "edm-open | uniform | logsnr (default: the run's sample.grid, else the sampler's own)")
     p.add_argument("--eta", type=float, help="ddim: 0 = deterministic, 1 = DDPM-like noise")
     p.add_argument("--variance", help="ddpm: beta_tilde | beta")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
