@@ -194,6 +194,7 @@ class DistillTask:
         self.trajectory = solver == TRAJECTORY
         if self.trajectory:  # teacher's times (M,), positions of the student's among its states (N + 1)
             self.times, self.index = trajectory_grid(self.schedule, self.steps, d.teacher_steps)
+            self.student_times = with_clean(self.times)[self.index]  # (N + 1,) the student's times, then clean
         else:
             self.teacher_step = TEACHER_SOLVERS[solver]
             self.grid = teacher_grid(self.schedule, self.steps, solver, substeps)  # (N, K + 1)
@@ -202,7 +203,9 @@ class DistillTask:
     def to(self, device: torch.device) -> None:
         self.base.to(device)
         self.teacher_net.to(device)
-        if not self.trajectory:
+        if self.trajectory:
+            self.student_times = self.student_times.to(device)
+        else:
             self.grid = self.grid.to(device)
 
     def run_files(self) -> dict[str, str]:
@@ -235,7 +238,7 @@ class DistillTask:
             for k in range(times.shape[1] - 1):
                 z = self.teacher_step(self.teacher, z, times[:, k], times[:, k + 1], self.schedule, cond)
             x_tilde = distillation_target(z_t, z, alpha_bar_t, self.schedule.alpha_bar_at(t2))
-        return self._student_loss(model, z_t, t, x_tilde, cond)
+        return self._student_loss(model, z_t, t, alpha_bar_t, x_tilde, cond)
 
     def _trajectory_loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor:
         """Trajectory distillation: the student's step from each of its times to the next, against the
@@ -245,19 +248,20 @@ class DistillTask:
         z_T = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         with torch.no_grad():
             states = dpmpp_2m_trajectory(self.teacher, z_T, self.schedule, self.times, cond=cond)  # (M + 1, b, ...)
-        times = with_clean(self.times)[self.index]  # (N + 1,) the student's times, then clean
         z_t = states[self.index[:-1]].flatten(0, 1)  # (N b, ...): step-major, b trajectories per step
         z_s = states[self.index[1:]].flatten(0, 1)  # (N b, ...): where the teacher is at the next time
-        t, s = (ts.repeat_interleave(b).to(x0.device) for ts in (times[:-1], times[1:]))  # (N b,) each
-        x_tilde = distillation_target(z_t, z_s, self.schedule.alpha_bar_at(t), self.schedule.alpha_bar_at(s))
+        alpha_bar = self.schedule.alpha_bar_at(self.student_times).repeat_interleave(b)  # (N b + b,)
+        alpha_bar_t, alpha_bar_s = alpha_bar[:-b], alpha_bar[b:]  # (N b,) each: at t and at the next time
+        x_tilde = distillation_target(z_t, z_s, alpha_bar_t, alpha_bar_s)
+        t = self.student_times[:-1].repeat_interleave(b)  # (N b,)
         cond = {k: v.repeat(self.steps, *[1] * (v.dim() - 1)) for k, v in cond.items()}  # (N b, ...) as z_t
-        return self._student_loss(model, z_t, t, x_tilde, cond)
+        return self._student_loss(model, z_t, t, alpha_bar_t, x_tilde, cond)
 
-    def _student_loss(self, model: nn.Module, z_t: Tensor, t: Tensor, x_tilde: Tensor, cond: Cond) -> Tensor:
+    def _student_loss(self, model: nn.Module, z_t: Tensor, t: Tensor, alpha_bar_t: Tensor, x_tilde: Tensor,
+                      cond: Cond) -> Tensor:
         """The student's squared error against the target x_tilde in its own parameterisation, weighted
-        by :func:`difflab.losses.truncated_snr_weight`. z_t: (B, ...); t: (B,) float64."""
+        by :func:`difflab.losses.truncated_snr_weight`. z_t: (B, ...); t, alpha_bar_t: (B,) float64."""
         prediction = self.config.diffusion.prediction
-        alpha_bar_t = self.schedule.alpha_bar_at(t)  # (B,) float64
         alpha_bar = _expand(alpha_bar_t, z_t)
         target = prediction_target(prediction, x_tilde, eps_from_x0(z_t, x_tilde, alpha_bar), alpha_bar)
         out = model(z_t, t.float(), **cond)
@@ -302,10 +306,10 @@ def plan_rounds(teacher_steps: int, steps: int, timesteps: int, substeps: int = 
     return halvings[:halvings.index(steps) + 1]
 
 
-def _trajectory_steps(steps: int, teacher_steps: int | None, substeps: int | None, cfg: Config) -> tuple[int, int]:
+def _trajectory_steps(steps: int, teacher_steps: int | None, substeps: int | None, timesteps: int) -> tuple[int, int]:
     """M and the teacher steps per student step of trajectory distillation, from either or neither."""
     M = teacher_steps or trajectory_teacher_steps(steps, substeps)
-    check_trajectory_steps(steps, M, cfg.diffusion.timesteps)
+    check_trajectory_steps(steps, M, timesteps)
     K = trajectory_substeps(steps, M)
     if substeps is not None and substeps != K:
         raise UserError(f"--teacher-steps {M} takes {K} teacher steps per student step, not --teacher-substeps "
@@ -400,7 +404,8 @@ def distill(run: str | Path, steps: int, *, out: str | Path | None = None, teach
     teacher_solver = teacher_solver or DEFAULT_SOLVER
     check_teacher_solver(teacher_solver, teacher_substeps)
     if teacher_solver == TRAJECTORY:  # one round
-        teacher_steps, substeps = _trajectory_steps(steps, teacher_steps, teacher_substeps, teacher_cfg)
+        teacher_steps, substeps = _trajectory_steps(steps, teacher_steps, teacher_substeps,
+                                                    teacher_cfg.diffusion.timesteps)
         plan = [steps]
     else:
         substeps = teacher_substeps or DEFAULT_SUBSTEPS[teacher_solver]
