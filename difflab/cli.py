@@ -236,7 +236,7 @@ def _add_fid(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fid", help="Frechet distance of samples to a dataset",
                        description="FID of a run (samples are generated) or of a .npz of samples, in the "
                                    "feature space of difflab's own per-dataset classifier.")
-    p.add_argument("source", help="run folder or .npz written by `difflab sample`")
+    p.add_argument("run", metavar="source", help="run folder or .npz written by `difflab sample`")
     p.add_argument("--data", help="reference dataset (default: the run's data.name)")
     p.add_argument("--data-path", help="folder of the reference dataset")
     p.add_argument("--n", type=_positive(int), default=2000, help="samples to generate from a run")
@@ -250,7 +250,7 @@ def cmd_fid(args: argparse.Namespace) -> None:
 
     from difflab.evaluate.fid import compute_fid
 
-    source = Path(args.source)
+    source = Path(args.run)  # a run folder (read by _generate) or a .npz
     if source.suffix == ".npz":
         if not source.is_file():
             raise UserError(f"sample file {source} not found: write one with `difflab sample RUN --out {source}`")

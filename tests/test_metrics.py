@@ -212,7 +212,7 @@ def test_eval_writes_metrics_json_and_keeps_other_keys(tiny_run, digits_weights,
     assert not list(tiny_run.glob(".tmp-*"))  # written atomically, no temporaries left
 
 
-def test_eval_fid_is_the_fid_of_difflab_fid(tiny_run, digits_weights):
+def test_eval_fid_is_the_fid_of_difflab_fid(tiny_run, digits_weights, capsys):
     """The same samples (same seed) give evaluate_run's FID and compute_fid's, which `difflab fid` prints."""
     result = evaluate_run(tiny_run, n=EVAL_N, steps=2, sampler="ddim", eta=1.0, weights=digits_weights,
                           write=False, progress=False)
@@ -221,6 +221,10 @@ def test_eval_fid_is_the_fid_of_difflab_fid(tiny_run, digits_weights):
     assert result["fid"] == pytest.approx(compute_fid(images, data="digits", weights=digits_weights,
                                                       progress=False), rel=1e-9)
     assert result["sampler_options"] == {"eta": 1.0} and result["sampler"] == "ddim"
+    capsys.readouterr()
+    assert main(["fid", str(tiny_run), "--data", "digits", "--n", str(EVAL_N), "--sampler", "ddim", "--steps", "2",
+                 "--eta", "1", "--features", str(digits_weights)]) == 0
+    assert f"FID {result['fid']:.3f} ({EVAL_N} samples vs digits)" in capsys.readouterr().out
 
 
 def test_eval_bad_input_is_one_line_exit_2(tiny_run, digits_weights, tmp_path, capsys):
