@@ -97,25 +97,27 @@ def _is_main_process() -> bool:
 # -- distill -----------------------------------------------------------------------------------
 def _add_distill(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("distill", help="distill a run into a student that samples in a few steps",
-                       description="Progressive distillation (Salimans & Ho 2022): the first student (initialised "
-                                   "from RUN) learns to take in one DDIM step what RUN takes in --teacher-substeps "
-                                   "steps of --teacher-solver; each later round trains a student (initialised from "
-                                   "its teacher) to match two of the previous student's steps with one, halving the "
-                                   "steps until --steps. Round N is a run folder OUT/steps-N that `difflab sample` "
-                                   "and `difflab eval` use as it is (DDIM, N steps). Conditional runs are distilled "
-                                   "with their sample.guidance built in.")
+                       description="Trajectory distillation (the default, --teacher-solver dpmpp-2m): a student "
+                                   "of --steps DDIM steps (initialised from RUN) learns, in one round, RUN's own "
+                                   "few-step DPM-Solver++(2M) trajectories from noise on the edm grid. Progressive "
+                                   "distillation (Salimans & Ho 2022; --teacher-solver ddim or dpmpp-2s): the first "
+                                   "student learns to take in one DDIM step what RUN takes in --teacher-substeps "
+                                   "steps; each later round halves the steps until --steps. Round N is a run folder "
+                                   "OUT/steps-N that `difflab sample` and `difflab eval` use as it is (DDIM, N "
+                                   "steps). Conditional runs are distilled with their sample.guidance built in.")
     p.add_argument("run", help="run folder written by `difflab train` (an image run)")
     p.add_argument("--steps", type=_positive(int), required=True,
                    help="sampling steps of the final student: the first student's halved, e.g. 4")
     p.add_argument("--out", help="folder of the rounds (default RUN/distill)")
     p.add_argument("--teacher-solver",
-                   help="solver of RUN as the first teacher: dpmpp-2s (DPM-Solver++(2S), default) or ddim "
-                        "(the paper's Algorithm 2)")
+                   help="solver of RUN as the first teacher: dpmpp-2m (trajectory distillation, one round; "
+                        "default), dpmpp-2s (DPM-Solver++(2S)) or ddim (the paper's Algorithm 2)")
     p.add_argument("--teacher-substeps", type=_positive(int),
-                   help="RUN's steps per step of the first student (default 4 for dpmpp-2s, 2 for ddim)")
+                   help="RUN's steps per step of the first student (default: dpmpp-2m about 8 teacher steps in "
+                        "all, dpmpp-2s 4, ddim 2)")
     p.add_argument("--teacher-steps", type=_positive(int),
-                   help="RUN's steps as the first teacher, a multiple of --teacher-substeps (default: a first "
-                        "student of 4 steps, or --steps if more)")
+                   help="RUN's steps as the first teacher (dpmpp-2m: K * --steps + 1; progressive: a multiple of "
+                        "--teacher-substeps, default a first student of 4 steps, or --steps if more)")
     p.add_argument("--minutes", type=_positive(float), default=10.0,
                    help="wall-clock budget of all rounds, half to the first, the rest evenly (default 10)")
     p.add_argument("--round-minutes", type=_positive(float), help="budget of each round instead of --minutes")
@@ -148,23 +150,50 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variance", help="ddpm: beta_tilde | beta")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--batch-size", type=_positive(int), help="images per sampler batch")
+    p.add_argument("--batch-size", type=_positive(int), help="samples per sampler batch")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
 
 
+def _add_condition_flags(p: argparse.ArgumentParser) -> None:
+    """The condition flags of every kind of run (each kind's ``Run.add_flags``), remembering whose is whose."""
+    from difflab.tasks import run_classes
+
+    owners: dict[str, tuple[str, type]] = {}
+    added = set()
+    for cls in run_classes():
+        if cls.add_flags in added:  # a kind that inherits another's flags adds none of its own
+            continue
+        added.add(cls.add_flags)
+        before = len(p._actions)
+        cls.add_flags(p)
+        for action in p._actions[before:]:
+            owners[action.dest] = (action.option_strings[0], cls.add_flags)
+    p.set_defaults(condition_flags=owners)
+
+
+def _check_condition_flags(args: argparse.Namespace, run) -> None:
+    """One line when a flag given belongs to another kind of run than ``run``'s."""
+    from difflab.tasks.base import a_run
+
+    owners = getattr(args, "condition_flags", {})
+    own = [flag for flag, add in owners.values() if add is type(run).add_flags]
+    for dest, (flag, add) in owners.items():
+        if add is not type(run).add_flags and getattr(args, dest, None) not in (None, [], False):
+            accepts = f"its condition flags are {', '.join(own)}" if own else "it takes no condition flags"
+            raise UserError(f"{args.run} is {a_run(run.task)}, so {flag} cannot be used: {accepts}")
+
+
 def _add_sample(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="generate images from a trained run",
-                       description="Generate images. --out ending .npz saves images (uint8 N,H,W,C), labels and "
-                                   "prompts; .png a grid (one row per prompt, printed under it); anything else a "
-                                   "folder with one PNG per image (and metadata.jsonl with the prompts).")
+    p = sub.add_parser("sample", help="generate samples from a trained run",
+                       description="Generate samples. For images, --out ending .npz saves images (uint8 N,H,W,C), "
+                                   "labels and prompts; .png a grid (one row per class or prompt, the prompt "
+                                   "printed under it); anything else a folder with one PNG per image (and "
+                                   "metadata.jsonl with the prompts). 2-D runs: .npz points or a .png scatter plot.")
     p.add_argument("run", help="run folder written by `difflab train`")
     p.add_argument("--n", type=_positive(int),
-                   help=f"number of images (default {DEFAULT_SAMPLES}); with --prompt/--prompts, images per prompt "
-                        f"(default {DEFAULT_PER_PROMPT})")
-    p.add_argument("--class", dest="class_id", type=int, help="class id for every image (class-conditional runs)")
-    p.add_argument("--prompt", dest="prompt_list", action="append", metavar="TEXT",
-                   help='caption to draw (text-to-image runs; repeatable; "" = unconditional)')
-    p.add_argument("--prompts", dest="prompts_file", metavar="FILE", help="text file with one prompt per line")
+                   help=f"number of samples (default {DEFAULT_SAMPLES}); with --prompt/--prompts, images per prompt "
+                        "(default 8)")
+    _add_condition_flags(p)
     p.add_argument("--out", help="output path (default RUN/samples/<sampler>-<steps>.png)")
     _add_sampling_flags(p)
     p.set_defaults(func=cmd_sample)
@@ -180,55 +209,31 @@ def _device(name: str | None):
 
 
 DEFAULT_SAMPLES = 64  # difflab sample --n without prompts
-DEFAULT_PER_PROMPT = 8  # difflab sample --n with --prompt / --prompts: images per prompt (one grid row)
 
 
-def _read_prompts(args: argparse.Namespace) -> list[str] | None:
-    """The prompts of --prompt (repeatable) and --prompts FILE, in that order; None when neither is given."""
-    prompts = list(getattr(args, "prompt_list", None) or [])
-    path = getattr(args, "prompts_file", None)
-    if path:
-        if not Path(path).is_file():
-            raise UserError(f"prompts file {path} not found: pass a text file with one prompt per line")
-        prompts += [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not prompts:
-            raise UserError(f"prompts file {path} holds no prompt: write one prompt per line")
-    return prompts or None
+def _generate(args: argparse.Namespace, n: int | None, verb: str = "sample"):
+    """Load the run of ``args.run`` and sample what the command's flags ask for (``n`` = --n or None).
 
-
-def _generate(args: argparse.Namespace, n: int, prompts: list[str] | None = None):
-    """Load the run of ``args.run`` and sample ``n`` images with the command's flags.
-
-    Returns (cfg, images, labels, prompts); prompts are those used (drawn from the data when a
-    text-to-image run gets none), else None.
+    Returns (run, samples).
     """
-    import torch
+    from dataclasses import replace
 
-    from difflab.tasks.image import generate, load_image_model
-    from difflab.tasks.text_to_image import default_prompts, is_text_to_image
+    from difflab.tasks import sampling_run
 
-    cfg, model = load_image_model(args.run, _device(args.device))
-    labels = None
-    if getattr(args, "class_id", None) is not None:
-        labels = torch.full((n,), args.class_id, dtype=torch.long)
-    if prompts is None and is_text_to_image(cfg) and labels is None:
-        prompts = default_prompts(cfg, n, args.seed)
-    images, labels = generate(cfg, model, n, sampler=args.sampler, steps=args.steps, labels=labels, prompts=prompts,
-                              guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
-                              eta=args.eta, variance=args.variance, grid=args.grid)
-    return cfg, images, labels, prompts
+    run = sampling_run(args.run, _device(args.device), verb=verb)
+    _check_condition_flags(args, run)
+    req = run.request(args, n, DEFAULT_SAMPLES)
+    samples = run.sample(req.n, cond=req.cond, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                         seed=args.seed, batch_size=args.batch_size, eta=args.eta, variance=args.variance,
+                         grid=args.grid)
+    return run, replace(samples, ncol=req.ncol)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from difflab import io
-
-    given = _read_prompts(args)
-    per_prompt = args.n or DEFAULT_PER_PROMPT
-    prompts = [p for p in given for _ in range(per_prompt)] if given else None
-    cfg, images, labels, prompts = _generate(args, len(prompts) if prompts else args.n or DEFAULT_SAMPLES, prompts)
-    out = args.out or Path(args.run) / "samples" / f"{args.sampler or cfg.sample.sampler}-{args.steps or cfg.sample.steps}.png"
-    ncol = per_prompt if given else cfg.model.num_classes if cfg.model.num_classes and args.class_id is None else None
-    print(f"wrote {io.save_images(out, images, labels, ncol=ncol, prompts=prompts)}")
+    run, samples = _generate(args, args.n)
+    s = run.config.sample
+    out = args.out or run.default_output(args.sampler or s.sampler, args.steps or s.steps)
+    print(f"wrote {run.save(samples, Path(out))}")
 
 
 # -- fid / features ----------------------------------------------------------------------------
@@ -246,25 +251,33 @@ def _add_fid(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_fid(args: argparse.Namespace) -> None:
+    source = Path(args.run)  # a run folder or a .npz
+    if source.suffix == ".npz":
+        fid, data, n = _npz_fid(source, args)
+    else:
+        run, samples = _generate(args, args.n, verb="fid")
+        (fid, data), n = run.fid(samples, data=args.data, data_path=args.data_path, features=args.features), len(samples)
+    print(f"FID {fid:.3f} ({n} samples vs {data})")
+
+
+def _npz_fid(source: Path, args: argparse.Namespace) -> tuple[float, str, int]:
+    """FID of the ``images`` of a .npz written by ``difflab sample``."""
     import numpy as np
 
     from difflab.evaluate.fid import compute_fid
 
-    source = Path(args.run)  # a run folder (read by _generate) or a .npz
-    if source.suffix == ".npz":
-        if not source.is_file():
-            raise UserError(f"sample file {source} not found: write one with `difflab sample RUN --out {source}`")
-        images = np.load(source)["images"]
-        data, data_path, resolution = args.data, args.data_path, images.shape[1]
-        if data is None:
-            raise UserError("a .npz has no dataset name: pass --data NAME")
-    else:
-        cfg, images, _, _ = _generate(args, args.n)
-        data = args.data or cfg.data.name
-        data_path = args.data_path or cfg.data.path
-        resolution = cfg.data.resolution
-    fid = compute_fid(images, data=data, data_path=data_path, resolution=resolution, weights=args.features)
-    print(f"FID {fid:.3f} ({len(images)} samples vs {data})")
+    if not source.is_file():
+        raise UserError(f"sample file {source} not found: write one with `difflab sample RUN --out {source}`")
+    if args.data is None:
+        raise UserError("a .npz has no dataset name: pass --data NAME")
+    with np.load(source) as f:
+        if "images" not in f:
+            raise UserError(f"{source} has no 'images' array (it holds {', '.join(f.files) or 'nothing'}): pass a "
+                            f".npz written by `difflab sample RUN --out FILE.npz`")
+        images = f["images"]
+    fid = compute_fid(images, data=args.data, data_path=args.data_path, resolution=images.shape[1],
+                      weights=args.features)
+    return fid, args.data, len(images)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -295,7 +308,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from difflab.evaluate.run_eval import EVAL_FILE, evaluate_run, evaluate_run_nll, format_table
+    from difflab.evaluate.run_eval import EVAL_FILE, format_table
+    from difflab.measure import evaluate_run, evaluate_run_nll
 
     if args.nll or args.nll_only:
         b = evaluate_run_nll(args.run, n=args.nll_n, strata=args.nll_strata or None, variance=args.variance,
@@ -310,8 +324,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
                      sampler=args.sampler, steps=args.steps, weights=args.features, device=_device(args.device),
                      batch_size=args.batch_size, progress=not args.no_progress, grid=args.grid, eta=args.eta,
                      variance=args.variance, guidance=args.guidance, clip_run=args.clip)
+    real = f" ({m['real_n']} real images; FID vs {m['fid_real_n']})" if "real_n" in m else ""
     print(f"{m['n']} samples ({m['sampler']}, {m['steps']} steps, seed {m['seed']}, checkpoint step "
-          f"{m['checkpoint_step']}) vs {m['data']} ({m['real_n']} real images; FID vs {m['fid_real_n']})")
+          f"{m['checkpoint_step']}) vs {m['data']}{real}")
     print(format_table(m))
     print(f"wrote {Path(args.run) / EVAL_FILE}")
 
@@ -406,8 +421,6 @@ def cmd_clip_train(args: argparse.Namespace) -> None:
 
     args.out = args.out or f"runs/clip-{args.data}"
     cfg = _train_config(args, lambda overrides: clip_config(args.data, data_path=args.data_path, overrides=overrides))
-    if cfg.task != "clip":
-        raise UserError(f"{args.out} holds a {cfg.task} run, not a CLIP run: choose another --out")
     check_train_config(cfg.train)
     ckpt = train(ClipTask(cfg), args.out, resume=args.resume, progress=not args.no_progress)
     if _is_main_process():
@@ -415,8 +428,8 @@ def cmd_clip_train(args: argparse.Namespace) -> None:
 
 
 def cmd_clip_eval(args: argparse.Namespace) -> None:
-    from difflab.evaluate.clip_score import evaluate_clip_run
     from difflab.evaluate.run_eval import EVAL_FILE
+    from difflab.tasks.clip import evaluate_clip_run
 
     m = evaluate_clip_run(args.run, n=args.n, device=_device(args.device))
     print(f"{m['n']} {m['data']} images, {m['distinct_texts']} distinct captions, checkpoint step "

@@ -63,6 +63,8 @@ class DiffusionConfig:
 
     schedule: str = "linear"  # linear (DDPM) | cosine (improved DDPM)
     timesteps: int = 1000
+    beta_start: float | None = None  # linear schedule only; None = DDPM's 1e-4 / 0.02 scaled by 1000/T,
+    beta_end: float | None = None  # which is what every config written before these keys meant
     prediction: str = "eps"  # eps | x0 | v
     weighting: str = "simple"  # simple (Algorithm 1) | min-snr (Hang et al. 2023)
     min_snr_gamma: float = 5.0
@@ -88,6 +90,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 25
+    log_with: str = "none"  # none | tensorboard (loss, lr, images/s and sample grids under RUN/logs)
     seed: int = 0
 
 
@@ -132,14 +135,13 @@ class DistillConfig:
     guidance: float = 1.0  # classifier-free guidance of the first teacher, built into every student
 
 
-TASKS = ("diffusion", "clip")
-
-
 @dataclass(frozen=True)
 class Config:
     """A whole run."""
 
-    task: str = "diffusion"  # diffusion | clip (contrastive image-text encoders)
+    # the kind of run (difflab.tasks.TASKS): image | text-to-image | toy2d | clip; None (or "diffusion",
+    # as configs written before kinds had names say) = from data.name and model.text_encoder
+    task: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)

@@ -9,6 +9,7 @@ output folder and resumes an interrupted one. ``--config`` trains any other conf
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,12 +18,12 @@ import torch
 
 from difflab import io
 from difflab.config import Config, DataConfig, DiffusionConfig, ModelConfig, SampleConfig, TrainConfig, load_config
-from difflab.tasks.image import generate, load_image_model
-from difflab.tasks.text_to_image import default_prompts, is_text_to_image
+from difflab.tasks.base import Run, SampleRequest
 
 DEMO_FID_SAMPLES = 1000  # fixed sample count of the demo's FID and CLIP score
 DEMO_MINUTES = 6.0  # the demo's training budget (configs/shapes.yaml trains 10): make demo < 15 min on 2 cores
 DEMO_PER_ROW = 8  # grid columns: samples per prompt (or class)
+PROMPT_FLAG = "--prompt"  # runs whose kind samples with this flag get one grid row per demo prompt
 DEMO_PROMPTS = (
     "a large red circle in the center",
     "a small blue square at the top left",
@@ -38,6 +39,7 @@ DEMO_PROMPTS = (
 def demo_config() -> Config:
     """The built-in default that ``make demo`` trains; configs/shapes.yaml spells it out."""
     return Config(
+        task="text-to-image",
         data=DataConfig(name="shapes"),
         model=ModelConfig(patch_size=2, coord_channels=True, text_encoder="minilm"),
         diffusion=DiffusionConfig(schedule="cosine", prediction="v"),
@@ -63,45 +65,51 @@ def _train(out: Path, config: str | None) -> None:
     train(build_task(cfg), out, resume=resume)
 
 
-def _grid(out: Path, cfg: Config, model: torch.nn.Module) -> Path:
-    """One row per demo prompt (text-to-image) or per class; returns the PNG."""
+def _grid(out: Path, run: Run) -> Path:
+    """One row per demo prompt (a run that takes prompts) or per row of the run's own grid; returns the PNG."""
     path = out / "samples" / "demo_grid.png"
-    if is_text_to_image(cfg):
-        prompts = [p for p in DEMO_PROMPTS for _ in range(DEMO_PER_ROW)]
-        images, labels = generate(cfg, model, len(prompts), prompts=prompts, seed=0)
-        return io.save_images(path, images, labels, ncol=DEMO_PER_ROW, prompts=prompts)
-    K = max(cfg.model.num_classes, 1)
-    labels = torch.arange(K).repeat_interleave(DEMO_PER_ROW) if cfg.model.num_classes else None
-    images, labels_np = generate(cfg, model, K * DEMO_PER_ROW, labels=labels, seed=0)
-    return io.save_images(path, images, labels_np, ncol=DEMO_PER_ROW)
+    if PROMPT_FLAG in _flags(run):
+        args = argparse.Namespace(prompt_list=list(DEMO_PROMPTS), prompts_file=None, seed=0)
+        req = run.request(args, DEMO_PER_ROW, DEMO_PER_ROW)
+    else:
+        rows = run.grid_rows(DEMO_PER_ROW, 0)
+        cond = None if all(r.cond is None for r in rows) else [r.cond for r in rows for _ in range(DEMO_PER_ROW)]
+        req = SampleRequest(max(len(rows), 1) * DEMO_PER_ROW, cond, DEMO_PER_ROW)
+    samples = run.sample(req.n, cond=req.cond, seed=0)
+    return run.save(replace(samples, ncol=req.ncol), path)
+
+
+def _flags(run: Run) -> list[str]:
+    """The condition flags a run's kind samples with."""
+    parser = argparse.ArgumentParser(add_help=False)
+    type(run).add_flags(parser)
+    return [a.option_strings[0] for a in parser._actions]
 
 
 def run_demo(out: Path, config: str | None = None) -> None:
-    """Train (or reuse) the demo run in ``out``, write its grid, print FID (and CLIP score)."""
-    from difflab.evaluate.fid import compute_fid
+    """Train (or reuse) the demo run in ``out``, write its grid, print its metrics (FID, CLIP score)."""
+    from difflab.tasks import sampling_run
 
     t0 = time.perf_counter()
     _train(out, config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg, model = load_image_model(out, device)
-    grid = _grid(out, cfg, model)
-    print(f"wrote {grid} (one row per {'prompt' if is_text_to_image(cfg) else 'class'}, "
-          f"{cfg.sample.sampler} with {cfg.sample.steps} steps, guidance {cfg.sample.guidance})")
-    prompts = default_prompts(cfg, DEMO_FID_SAMPLES, seed=1) if is_text_to_image(cfg) else None
-    images, _ = generate(cfg, model, DEMO_FID_SAMPLES, prompts=prompts, seed=1, progress=False)
-    fid = compute_fid(images, data=cfg.data.name, data_path=cfg.data.path, resolution=cfg.data.resolution)
-    print(f"FID {fid:.2f} ({DEMO_FID_SAMPLES} samples vs the {cfg.data.name} training set, "
-          f"difflab's own {cfg.data.name} feature extractor)")
-    if prompts is not None:
-        _print_text_metrics(cfg, images, prompts)
-    print(f"demo took {time.perf_counter() - t0:.0f} s; try: difflab sample {out} --prompt \"{DEMO_PROMPTS[0]}\"")
+    run = sampling_run(out, device, verb="demo")
+    grid = _grid(out, run)
+    s = run.config.sample
+    print(f"wrote {grid} ({s.sampler} with {s.steps} steps, guidance {s.guidance})")
+    samples = run.sample(DEMO_FID_SAMPLES, seed=1, progress=False)
+    m = run.metrics(samples, progress=False)
+    print(f"FID {m['fid']:.2f} ({DEMO_FID_SAMPLES} samples vs the {m['data']} training set, "
+          f"difflab's own {m['data']} feature extractor)")
+    _print_text_metrics(m)
+    example = f' {PROMPT_FLAG} "{DEMO_PROMPTS[0]}"' if PROMPT_FLAG in _flags(run) else ""
+    print(f"demo took {time.perf_counter() - t0:.0f} s; try: difflab sample {out}{example}")
 
 
-def _print_text_metrics(cfg: Config, images, prompts: list[str]) -> None:
-    """CLIP score (difflab's own CLIP) and, on shapes, attribute accuracy of the demo's samples."""
-    from difflab.evaluate.run_eval import text_metrics
-
-    m = text_metrics(cfg, images, prompts)
+def _print_text_metrics(m: dict) -> None:
+    """CLIP score (difflab's own CLIP) and, on shapes, attribute accuracy of the demo's samples, if measured."""
+    if "clip_score" not in m:
+        return
     print(f"CLIP score {m['clip_score']:.1f} (real pairs {m['clip_score_real']:.1f}, mismatched "
           f"{m['clip_score_mismatched']:.1f}; difflab's own CLIP)")
     if "attr_all" in m:

@@ -18,16 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -180,83 +176,3 @@ def truncate_metrics(run: Path, max_step: int) -> None:
     """Drop rows logged after ``max_step`` (used on resume, so the log matches the weights)."""
     rows = [r for r in read_metrics(run) if r.get("step", 0) <= max_step]
     write_text_atomic(run / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-# -- image outputs ------------------------------------------------------------------------------
-GRID_PAD = 2  # pixels of black between grid cells
-
-
-def image_grid(images: np.ndarray, ncol: int | None = None) -> np.ndarray:
-    """Tile uint8 images (N, H, W, C) into one (rows*H', ncol*W', C) image, row-major."""
-    N, H, W, C = images.shape
-    ncol = ncol or max(1, int(math.ceil(math.sqrt(N))))
-    nrow = int(math.ceil(N / ncol))
-    grid = np.zeros((nrow * (H + GRID_PAD) + GRID_PAD, ncol * (W + GRID_PAD) + GRID_PAD, C), np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, ncol)
-        y, x = GRID_PAD + r * (H + GRID_PAD), GRID_PAD + c * (W + GRID_PAD)
-        grid[y:y + H, x:x + W] = img
-    return grid
-
-
-CAPTION_HEIGHT = 14  # pixels of the text strip under each row of a captioned grid
-CAPTION_MIN_CELL = 64  # cells of a captioned grid are upscaled (nearest) to at least this many pixels
-CAPTION_INK = (235, 235, 235)
-
-
-def captioned_grid(images: np.ndarray, captions: Sequence[str], ncol: int) -> np.ndarray:
-    """Rows of ``ncol`` uint8 images (N, H, W, C), row r followed by a strip with ``captions[r]``.
-
-    Images are upscaled by an integer factor (nearest) so that a cell is at least CAPTION_MIN_CELL
-    pixels wide; the result is RGB (R, W', 3).
-    """
-    N, H, W, C = images.shape
-    scale = max(1, -(-CAPTION_MIN_CELL // W))
-    big = images.repeat(scale, axis=1).repeat(scale, axis=2)  # (N, sH, sW, C)
-    big = np.repeat(big, 3, axis=-1) if C == 1 else big[..., :3]  # (N, sH, sW, 3)
-    font = ImageFont.load_default()
-    strips = []
-    for r, caption in enumerate(captions):
-        row = image_grid(big[r * ncol:(r + 1) * ncol], ncol)  # (h, w, 3)
-        strip = Image.new("RGB", (row.shape[1], CAPTION_HEIGHT))
-        text = caption if caption.strip() else "(empty prompt: unconditional)"
-        ImageDraw.Draw(strip).text((GRID_PAD, 1), text, fill=CAPTION_INK, font=font)
-        strips += [row, np.asarray(strip)]
-    width = max(s.shape[1] for s in strips)
-    return np.concatenate([np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0))) for s in strips])  # (R, W', 3)
-
-
-def _save_png(path: Path, image: np.ndarray) -> None:
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}[image.shape[-1]]
-    with atomic_path(path) as tmp:
-        Image.fromarray(image[..., 0] if mode == "L" else image, mode).save(tmp, format="PNG")
-
-
-def save_images(path: str | Path, images: np.ndarray, labels: np.ndarray | None = None,
-                ncol: int | None = None, prompts: Sequence[str] | None = None, **extra: np.ndarray) -> Path:
-    """Write samples: ``.npz`` (``images`` uint8 (N, H, W, C), ``labels``, ``prompts`` if any, extras),
-    ``.png`` (a grid; with prompts and ``ncol``, one row per prompt printed under it) or a folder (one PNG
-    per sample, plus ``metadata.jsonl`` with the prompts: an image folder difflab can train on).
-    Every file is written atomically."""
-    path = Path(path)
-    if prompts is not None:
-        extra["prompts"] = np.asarray(list(prompts), dtype=str)
-    if path.suffix == ".npz":
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, images=images, labels=labels if labels is not None else np.full(len(images), -1),
-                         **extra)
-    elif path.suffix == ".png" and prompts is not None and ncol:
-        _save_png(path, captioned_grid(images, list(prompts)[::ncol], ncol))
-    elif path.suffix == ".png":
-        _save_png(path, image_grid(images, ncol))
-    elif path.suffix:
-        raise UserError(f"cannot write samples to {path}: use a .npz or .png file, or a folder name")
-    else:
-        path.mkdir(parents=True, exist_ok=True)
-        for i, img in enumerate(images):
-            _save_png(path / f"{i:06d}.png", img)
-        if prompts is not None:
-            write_text_atomic(path / "metadata.jsonl", "".join(
-                json.dumps({"file_name": f"{i:06d}.png", "text": p}) + "\n" for i, p in enumerate(prompts)))
-    return path

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from difflab import io
+from difflab import grids, io
 from difflab.errors import UserError
 
 
@@ -50,19 +50,19 @@ def test_no_checkpoint_is_a_user_error(tmp_path):
 
 def test_save_images_formats(tmp_path):
     imgs = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 1), dtype=np.uint8)
-    io.save_images(tmp_path / "s.npz", imgs, np.arange(6))
+    grids.save_images(tmp_path / "s.npz", imgs, np.arange(6))
     z = np.load(tmp_path / "s.npz")
     assert z["images"].dtype == np.uint8 and np.array_equal(z["images"], imgs)
     assert np.array_equal(z["labels"], np.arange(6))
-    io.save_images(tmp_path / "g.png", imgs, ncol=3)
+    grids.save_images(tmp_path / "g.png", imgs, ncol=3)
     grid = np.asarray(Image.open(tmp_path / "g.png"))
-    pad = io.GRID_PAD
+    pad = grids.GRID_PAD
     assert grid.shape == (2 * (8 + pad) + pad, 3 * (8 + pad) + pad)
     assert np.array_equal(grid[pad:pad + 8, pad + 8 + pad:pad + 16 + pad], imgs[1, ..., 0])  # row 0, col 1
-    io.save_images(tmp_path / "dir", imgs)
+    grids.save_images(tmp_path / "dir", imgs)
     assert len(list((tmp_path / "dir").glob("*.png"))) == 6
     with pytest.raises(UserError, match=".npz or .png"):
-        io.save_images(tmp_path / "x.jpg", imgs)
+        grids.save_images(tmp_path / "x.jpg", imgs)
 
 
 def test_torn_metrics_line_is_ignored(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from difflab import io
+from difflab import grids, io
 from difflab import report as rp
 from difflab.cli import main
 from difflab.evaluate.run_eval import update_eval_file
@@ -135,7 +135,7 @@ def test_grid_rows_are_the_seeded_samples_of_each_class(page, tiny_run):
     images, _ = generate(cfg, model, len(labels), sampler="ddim", steps=20, labels=labels, seed=0, progress=False)
     strips = {img["alt"]: _decode(img["src"]) for img in _Page(page.read_text()).images}
     for k in range(CLASSES):
-        expected = io.image_grid(rp.upscale(images[k * PER_ROW:(k + 1) * PER_ROW]), ncol=PER_ROW)
+        expected = grids.image_grid(rp.upscale(images[k * PER_ROW:(k + 1) * PER_ROW]), ncol=PER_ROW)
         assert np.array_equal(strips[f"ddim, 20 steps, row {k}"], expected), k
 
 

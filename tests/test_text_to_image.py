@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from difflab import io
+from difflab import grids, io
 from difflab.cli import main
 from difflab.config import apply_overrides, load_config
 from difflab.models.text_encoders import build_text_encoder
@@ -101,7 +101,7 @@ def test_sample_with_prompts(t2i_run, tmp_path, capsys):
     assert list(z["prompts"]) == [PROMPTS[0]] * 2 + [""] * 2 + ["a small green cross at the top right"] * 2
     assert main(["sample", str(t2i_run), "--prompt", PROMPTS[1], "--n", "3", "--steps", "2",
                  "--out", str(tmp_path / "g.png")]) == 0
-    assert Image.open(tmp_path / "g.png").size[1] >= 64 + io.CAPTION_HEIGHT  # a row upscaled x2, its caption strip
+    assert Image.open(tmp_path / "g.png").size[1] >= 64 + grids.CAPTION_HEIGHT  # a row upscaled x2, its caption strip
     assert main(["sample", str(t2i_run), "--prompt", PROMPTS[1], "--n", "2", "--steps", "2",
                  "--out", str(tmp_path / "folder")]) == 0
     assert (tmp_path / "folder" / "metadata.jsonl").read_text().count(PROMPTS[1]) == 2

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from torch import Tensor
+
 from difflab.data.digits import load_digits_dataset
 from difflab.data.idx import load_idx_dataset
 from difflab.data.image_folder import load_image_folder
@@ -18,7 +20,7 @@ from difflab.errors import UserError
 DATASETS = ("digits", "mnist", "fashion-mnist", "image-folder", "shapes")
 SPLITS = ("train", "test")
 
-__all__ = ["DATASETS", "ImageDataset", "load_dataset"]
+__all__ = ["DATASETS", "ImageDataset", "captioned_pairs", "load_dataset"]
 
 
 def _check(name: str, resolution: int | None, split: str) -> None:
@@ -69,3 +71,22 @@ def load_dataset(name: str, *, path: str | None = None, resolution: int | None =
     if name == "shapes":
         return load_shapes_dataset(resolution, channels, split, size=size, holdout=holdout)
     return load_idx_dataset(name, path=path, resolution=resolution, channels=channels, split=split)
+
+
+def captioned_pairs(name: str, *, path: str | None = None, resolution: int | None = None,
+                    channels: int | None = None, split: str = "train", size: int | None = None,
+                    holdout: Sequence[str] = ()) -> tuple[Tensor, list[str], int]:
+    """(uint8 images (N, C, H, W), captions) of a dataset's captioned images, and its resolution H.
+
+    Arguments as :func:`load_dataset`; images with an empty caption are left out.
+
+    Raises:
+        UserError: the dataset has no captions.
+    """
+    ds = load_dataset(name, path=path, resolution=resolution, channels=channels, split=split, size=size,
+                      holdout=holdout)
+    keep = [i for i, t in enumerate(ds.texts or []) if t.strip()]
+    if not keep:
+        raise UserError(f"dataset {name} has no captions, and image-text pairs are needed: use "
+                        f"--data shapes, or an image folder with a metadata.jsonl of captions")
+    return ds.images[keep], [ds.texts[i] for i in keep], ds.resolution[0]

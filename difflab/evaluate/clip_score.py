@@ -11,36 +11,27 @@ Notation (Hessel et al. 2021, "CLIPScore", https://arxiv.org/abs/2104.08718, eq.
 A matched score means little alone; :func:`clip_eval` reports it beside the score of the same
 images with other captions (each caption rolled by one among the distinct captions), and the gap.
 Values are comparable only under the same CLIP, which is difflab's own (:mod:`difflab.models.clip`),
-never OpenAI's. :func:`get_default_clip` trains and caches one per dataset and resolution, so
-``difflab eval`` can report a CLIP score with no extra step.
+never OpenAI's. :func:`difflab.tasks.clip.get_default_clip` trains and caches one per dataset and
+resolution, so ``difflab eval`` can report a CLIP score with no extra step.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from difflab import io
 from difflab.data.images import resize_uint8, to_model_range
 from difflab.errors import UserError
-from difflab.evaluate.fid import fixed_subset, to_nchw
-from difflab.evaluate.run_eval import update_eval_file
-from difflab.models.clip import CLIPModel, load_clip
+from difflab.evaluate.fid import to_nchw
+from difflab.models.clip import CLIPModel
 from difflab.models.text_encoders import WordTokenizer
-from difflab.paths import cache_dir
 
 CLIP_SCORE_WEIGHT = 100.0  # w of CLIPScore, as torchmetrics' CLIPScore
 EMBED_BATCH = 512  # images or captions per forward pass
-CLIP_DIR = "clip"  # cache_dir(CLIP_DIR)/{data}-{H}x{H}-c{C}[-{path hash}]: the default CLIP runs
-PATH_HASH_CHARS = 8
-EVAL_IMAGES = 1000  # held-out images of `difflab clip eval`
 
 
 # -- embeddings ----------------------------------------------------------------------------------
@@ -100,7 +91,7 @@ def clip_score(model: CLIPModel, tokenizer: WordTokenizer, images: Tensor | np.n
     """CLIP score (Hessel et al. 2021, w = 100) of images and their captions.
 
     Args:
-        model, tokenizer: a CLIP run (:func:`difflab.models.clip.load_clip`).
+        model, tokenizer: a CLIP run (:func:`difflab.tasks.clip.load_clip`).
         images: uint8 (N, H, W, C) or (N, C, H, W), numpy or tensor; resized to the CLIP's side.
         texts: N captions, ``texts[i]`` of ``images[i]``.
 
@@ -145,69 +136,3 @@ def clip_eval(model: CLIPModel, tokenizer: WordTokenizer, images: Tensor | np.nd
     return {"clip_score": matched, "clip_score_mismatched": mismatched, "gap": matched - mismatched,
             "retrieval": retrieval_from_embeddings(image_embeds, candidates, target),
             "distinct_texts": len(distinct), "chance": 1 / len(distinct)}
-
-
-def evaluate_clip_run(run: str | Path, *, n: int = EVAL_IMAGES, device: torch.device | str = "cpu",
-                      write: bool = True) -> dict[str, Any]:
-    """:func:`clip_eval` of a CLIP run on ``n`` held-out images of its dataset (split "test").
-
-    Args:
-        run: a run folder of ``difflab clip train``.
-        n: test images (a fixed random subset; all of them when the split is smaller).
-        device: where to embed.
-        write: merge the result into RUN/metrics.json under ``clip``.
-
-    Returns:
-        :func:`clip_eval`'s dict plus ``checkpoint_step``, ``data`` and ``n``.
-    """
-    from difflab.tasks.clip import captioned_pairs
-
-    if n < 2:
-        raise UserError(f"CLIP evaluation needs at least 2 images, got {n}: pass --n 2 or more")
-    cfg, model, tokenizer = load_clip(run, device)
-    step = int(io.require_checkpoint(run).name.removeprefix(io.CHECKPOINT_PREFIX))
-    images, texts, _ = captioned_pairs(cfg, split="test")
-    idx = fixed_subset(np.arange(len(texts)), n)  # (n,) sorted
-    result = {"checkpoint_step": step, "data": f"{cfg.data.name} (test split)", "n": len(idx),
-              **clip_eval(model, tokenizer, images[idx], [texts[i] for i in idx])}
-    if write:
-        update_eval_file(run, {"clip": result})
-    return result
-
-
-# -- the default CLIP of a dataset -----------------------------------------------------------------
-def default_clip_path(data: str, resolution: int, channels: int, data_path: str | None = None) -> Path:
-    """``cache_dir("clip")/{data}-{H}x{H}-c{C}``, plus a hash of the resolved ``data_path`` when given."""
-    key = f"{data}-{resolution}x{resolution}-c{channels}"
-    if data_path is not None:
-        key += "-" + hashlib.sha256(str(Path(data_path).expanduser().resolve()).encode()).hexdigest()[:PATH_HASH_CHARS]
-    return cache_dir(CLIP_DIR) / key
-
-
-def get_default_clip(data: str, data_path: str | None = None, resolution: int | None = None,
-                     channels: int | None = None, progress: bool = True) -> Path:
-    """The run folder of the default CLIP of a dataset, trained once (default budget) when missing.
-
-    Args:
-        data, data_path: the captioned dataset (see :func:`difflab.data.load_dataset`).
-        resolution, channels: of the images it will score; None = the dataset's native ones.
-        progress: show the training bar.
-
-    Returns:
-        A run folder for :func:`difflab.models.clip.load_clip`, cached under ``cache_dir("clip")``;
-        an unfinished one (a killed training) is resumed.
-    """
-    from difflab.tasks.clip import ClipTask, clip_config
-    from difflab.train import train
-
-    cfg = clip_config(data, data_path=data_path, resolution=resolution, channels=channels)
-    task = None
-    if resolution is None or channels is None:
-        task = ClipTask(cfg)
-        resolution, channels = task.config.data.resolution, task.config.data.channels
-    run = default_clip_path(data, resolution, channels, data_path)
-    if not io.is_finished(run):
-        print(f"no CLIP for {data} at {resolution}x{resolution} yet: training one once with the default "
-              f"budget (cached in {run})")
-        train(task or ClipTask(cfg), run, resume=True, progress=progress)
-    return run

@@ -1,4 +1,5 @@
-"""``difflab eval``: FID, KID, precision, recall, density and coverage of a run, into RUN/metrics.json.
+"""The numbers of ``difflab eval``: FID, KID, precision, recall, density and coverage of images (and how
+well they follow their prompts), and RUN/metrics.json, where they are kept.
 
 All six numbers are measured in one feature space, that of difflab's per-dataset extractor
 (:mod:`difflab.evaluate.features`) or of a user's weights file:
@@ -15,17 +16,15 @@ commands wrote there (``nll``) survive, and every write is atomic.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from difflab import io
-from difflab.config import Config
 from difflab.data import load_dataset
 from difflab.errors import UserError
 from difflab.evaluate.features import EVAL_BATCH, FeatureNet, extract_features
@@ -33,8 +32,6 @@ from difflab.evaluate.fid import (extractor_for, fid_from_features, fit_gaussian
                                   real_statistics, to_nchw)
 from difflab.evaluate.kid import DEFAULT_SUBSET_SIZE, DEFAULT_SUBSETS, kid_from_features, kid_standard_error
 from difflab.evaluate.prdc import DEFAULT_K, prdc_from_features
-from difflab.tasks.image import generate, image_channels, load_image_model
-from difflab.tasks.text_to_image import default_prompts, is_text_to_image
 
 EVAL_FILE = "metrics.json"
 KID_SEED = 0  # the KID subsets are fixed, so that only the samples change with --seed
@@ -46,7 +43,8 @@ _TABLE = (("FID", "fid", ".3f"), ("KID", "kid", ".5f"), ("precision", "precision
           ("CLIP score", "clip_score", ".2f"), ("CLIP real", "clip_score_real", ".2f"),
           ("CLIP mism.", "clip_score_mismatched", ".2f"), ("retrieval", "clip_retrieval", ".4f"),
           ("attrs all", "attr_all", ".4f"), ("size", "attr_size", ".4f"), ("color", "attr_color", ".4f"),
-          ("shape", "attr_shape", ".4f"), ("position", "attr_position", ".4f"))
+          ("shape", "attr_shape", ".4f"), ("position", "attr_position", ".4f"),
+          ("data NLL", "data_nll", ".4f"), ("entropy H", "entropy", ".4f"))
 
 
 def metrics_from_features(real: np.ndarray, fake: np.ndarray, *,
@@ -111,38 +109,29 @@ def evaluate_images(fake_uint8: torch.Tensor | np.ndarray, *, data: str, data_pa
     return {**metrics, "real_n": len(real), "fid_real_n": len(ds)}
 
 
-def text_metrics(cfg: Config, images: np.ndarray, prompts: Sequence[str], *, clip_run: str | Path | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+def text_metrics(images: np.ndarray, prompts: Sequence[str], clip: nn.Module, tokenizer: Any,
+                 real_images: torch.Tensor | np.ndarray, real_texts: Sequence[str]) -> dict[str, Any]:
     """How well images follow their prompts, by difflab's own models.
 
     Args:
-        cfg: the (text-to-image) run's config: its dataset gives the CLIP and the real pairs.
         images: uint8 (N, H, W, C) generated for ``prompts`` (N of them).
-        clip_run: a run of ``difflab clip train``; None = the dataset's default CLIP (trained once, cached).
+        clip, tokenizer: a CLIP (:func:`difflab.tasks.clip.load_clip`) of the images' dataset.
+        real_images, real_texts: real test pairs of the dataset (N of them, for reference).
 
     Returns:
         "clip_score" of the images with their prompts, "clip_retrieval" (each image picks its prompt
         among the distinct prompts), and for reference "clip_score_real" / "clip_score_mismatched":
-        real test images with their own / another caption. On shapes also "attr_size", "attr_color",
-        "attr_shape", "attr_position", "attr_all" (difflab's attribute classifier, prompts that parse).
+        real test images with their own / another caption. Where prompts follow the shapes grammar
+        also "attr_size", "attr_color", "attr_shape", "attr_position", "attr_all" (difflab's
+        attribute classifier, on the prompts that parse).
     """
-    from difflab.evaluate.clip_score import clip_eval, get_default_clip
-    from difflab.models.clip import load_clip
-    from difflab.tasks.clip import captioned_pairs
+    from difflab.evaluate.clip_score import clip_eval
 
-    d = cfg.data
-    run = clip_run or get_default_clip(d.name, data_path=d.path, resolution=d.resolution, channels=d.channels,
-                                       progress=progress)
-    _, clip, tokenizer = load_clip(run)
     fake = clip_eval(clip, tokenizer, images, list(prompts))
-    real_images, real_texts, _ = captioned_pairs(replace(cfg, data=replace(d, holdout=())), split="test")
-    pick = fixed_subset(np.arange(len(real_texts)), len(prompts))
-    real = clip_eval(clip, tokenizer, real_images[pick], [real_texts[i] for i in pick])
+    real = clip_eval(clip, tokenizer, real_images, list(real_texts))
     out = {"clip_score": fake["clip_score"], "clip_retrieval": fake["retrieval"], "clip_score_real": real["clip_score"],
-           "clip_score_mismatched": real["clip_score_mismatched"], "clip_run": str(run)}
-    if d.name == "shapes":
-        out.update(shapes_accuracy(images, prompts))
-    return out
+           "clip_score_mismatched": real["clip_score_mismatched"]}
+    return out | shapes_accuracy(images, prompts)
 
 
 def shapes_accuracy(images: np.ndarray, prompts: Sequence[str]) -> dict[str, float]:
@@ -177,65 +166,6 @@ def update_eval_file(run: str | Path, values: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def evaluate_run(run: str | Path, *, data: str | None = None, data_path: str | None = None, n: int = 2000,
-                 seed: int = 0, sampler: str | None = None, steps: int | None = None,
-                 weights: str | Path | None = None, device: torch.device | str = "cpu",
-                 batch_size: int | None = None, write: bool = True, progress: bool = True,
-                 clip_run: str | Path | None = None, **options: Any) -> dict[str, Any]:
-    """Sample ``n`` images from a run's newest checkpoint (EMA) and measure them against a dataset.
-
-    Args:
-        run: a run folder written by ``difflab train``.
-        data: the reference dataset (None = the run's ``data.name``); ``data_path`` its folder
-            (None = the run's ``data.path`` when ``data`` is the run's dataset).
-        n: images to generate (at least :data:`MIN_SAMPLES`; compare FID only at equal n).
-        seed: the sampling seed.
-        sampler, steps: None = the run's ``sample.sampler`` / ``sample.steps``.
-        weights: a feature-extractor ``.safetensors`` file instead of the dataset's cached one.
-        device: where to sample.
-        batch_size: images per sampler batch (None = the run's ``sample.batch_size``).
-        write: merge the result into RUN/metrics.json (see :func:`update_eval_file`).
-        clip_run: text-to-image runs: the CLIP of the CLIP score (None = the dataset's default);
-            their prompts are drawn from the dataset's test captions with ``seed``, and the result
-            gains :func:`text_metrics`.
-        progress: show progress bars.
-        options: further sampler options (eta, variance, grid, guidance); None values are ignored.
-
-    Returns:
-        {"checkpoint_step", "data", "n", "seed", "sampler", "steps", "fid", "kid", "kid_std", "kid_se",
-        "precision", "recall", "density", "coverage", "real_n", "fid_real_n", "seconds"}, plus
-        "sampler_options" when options were given.
-    """
-    if n < MIN_SAMPLES:
-        raise UserError(f"evaluation needs at least {MIN_SAMPLES} samples (k-NN balls with k={DEFAULT_K}), "
-                        f"got {n}: pass --n {MIN_SAMPLES} or more")
-    cfg = io.read_run_config(run)
-    step = int(io.require_checkpoint(run).name.removeprefix(io.CHECKPOINT_PREFIX))
-    data = data or cfg.data.name
-    data_path = data_path or (cfg.data.path if data == cfg.data.name else None)
-    resolution = cfg.data.resolution
-    _, model = load_image_model(run, device)
-    C = image_channels(cfg)
-    load_dataset(data, path=data_path, resolution=resolution, channels=C)  # bad data fails here, before sampling
-    net = extractor_for(C, data=data, data_path=data_path, resolution=resolution, weights=weights)
-    options = {k: v for k, v in options.items() if v is not None}
-    start = time.perf_counter()
-    prompts = default_prompts(cfg, n, seed) if is_text_to_image(cfg) else None
-    images, _ = generate(cfg, model, n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
-                         prompts=prompts, progress=progress, **options)
-    metrics = evaluate_images(images, data=data, data_path=data_path, resolution=resolution, extractor=net,
-                              progress=progress)
-    if prompts is not None:
-        metrics.update(text_metrics(cfg, images, prompts, clip_run=clip_run, progress=progress))
-    result = {"checkpoint_step": step, "data": data, "n": n, "seed": seed, "sampler": sampler or cfg.sample.sampler,
-              "steps": steps or cfg.sample.steps, **metrics, "seconds": time.perf_counter() - start}
-    if options:
-        result["sampler_options"] = options
-    if write:
-        update_eval_file(run, result)
-    return result
-
-
 def format_table(metrics: dict[str, Any]) -> str:
     """The metrics as a small aligned text table."""
     rows = [f"{'metric':<10} value"]
@@ -249,46 +179,3 @@ def format_table(metrics: dict[str, Any]) -> str:
             value += f" +- {metrics['kid_std']:{fmt}} (std over subsets; standard error {metrics['kid_se']:{fmt}})"
         rows.append(f"{label:<10} {value}")
     return "\n".join(rows)
-
-
-NLL_IMAGES = 500  # test images for the bound: its standard error is reported beside it
-NLL_STRATA = 50  # stratified estimate of the sum over t (difflab.evaluate.likelihood.image_nll)
-
-
-def evaluate_run_nll(run: str | Path, *, n: int = NLL_IMAGES, strata: int | None = NLL_STRATA,
-                     variance: str | None = None, seed: int = 0, device: torch.device | str = "cpu",
-                     checkpoint: str | Path | None = None, write: bool = True,
-                     progress: bool = True) -> dict[str, Any]:
-    """The variational bound of a run's newest checkpoint (EMA) on its dataset's test split, in bits/dim.
-
-    Args:
-        run: a run folder written by ``difflab train``.
-        n: test images (a fixed random subset, the same for every run of this dataset).
-        strata: k = the stratified estimate of the sum over t; None = the exact sum (T network
-            evaluations per image).
-        variance: the reverse-process variance, ``beta_tilde`` | ``beta``; None = the run's.
-        seed: seeds the noise and the strata draws.
-        checkpoint: a checkpoint folder of the run (None = the newest).
-        write: merge the result into RUN/metrics.json under ``nll``.
-
-    Returns:
-        :func:`difflab.evaluate.likelihood.image_nll`'s dict plus ``checkpoint_step`` and ``data``.
-    """
-    from difflab.evaluate.likelihood import image_nll
-
-    if n < 2:
-        raise UserError(f"the bound needs at least 2 test images (for its standard error), got {n}: "
-                        "pass --nll-n 2 or more")
-    cfg = io.read_run_config(run)
-    ckpt = Path(checkpoint) if checkpoint is not None else io.require_checkpoint(run)
-    step = int(ckpt.name.removeprefix(io.CHECKPOINT_PREFIX))
-    d = cfg.data
-    test = load_dataset(d.name, path=d.path, resolution=d.resolution, channels=d.channels, split="test",
-                        size=d.size, holdout=d.holdout)
-    _, model = load_image_model(run, device, checkpoint=ckpt)
-    images = fixed_subset(test.images, n)  # uint8 (n, C, H, W)
-    result = {"checkpoint_step": step, "data": f"{d.name} (test split)",
-              **image_nll(cfg, model, images, variance=variance, strata=strata, seed=seed, progress=progress)}
-    if write:
-        update_eval_file(run, {"nll": result})
-    return result

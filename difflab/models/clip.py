@@ -7,24 +7,24 @@ Radford et al. 2021, "Learning Transferable Visual Models From Natural Language 
     T_e = normalize(W_t g(tokens)[CLS])  g: models.text_encoders.TextTransformer
     logits = exp(t) I_e T_e^T            t = log(1 / temperature), learned, clamped at log(100)
 
-The network only embeds; the contrastive loss is :func:`difflab.losses.clip_contrastive_loss`.
+The network only embeds; the contrastive loss is :func:`difflab.contrastive.clip_contrastive_loss`.
 Training is ``difflab clip train`` (:mod:`difflab.tasks.clip`); a run folder loads with
-:func:`load_clip`.
+:func:`difflab.tasks.clip.load_clip`.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from difflab import io
 from difflab.config import Config
 from difflab.errors import UserError
-from difflab.models.text_encoders import TextTransformer, WordTokenizer
+from difflab.models.text_encoders import TextTransformer
+from difflab.nn.blocks import conv_block
 from difflab.nn.embeddings import COORD_CHANNELS, coordinate_channels
 
 TOKENIZER_FILE = "tokenizer.json"  # RUN/tokenizer.json: the vocabulary of the training captions
@@ -34,9 +34,8 @@ NORM_GROUPS = 8  # GroupNorm groups of the image encoder (no batch statistics: e
 
 
 def _conv_block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
-    """3x3 conv -> GroupNorm -> SiLU."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
-                         nn.GroupNorm(NORM_GROUPS, c_out), nn.SiLU())
+    """3x3 conv -> GroupNorm -> SiLU (:func:`difflab.nn.blocks.conv_block`)."""
+    return conv_block(c_in, c_out, stride=stride, norm=partial(nn.GroupNorm, NORM_GROUPS))
 
 
 class ImageEncoder(nn.Module):
@@ -119,27 +118,3 @@ def build_clip(cfg: Config, vocab_size: int) -> CLIPModel:
     return CLIPModel(d.channels, d.resolution, vocab_size, embed_dim=c.embed_dim, image_width=c.image_width,
                      text_width=c.text_width, text_layers=c.text_layers, text_heads=c.text_heads,
                      max_length=c.max_length, temperature=c.temperature)
-
-
-def read_tokenizer(run: str | Path) -> WordTokenizer:
-    """The tokenizer saved in a CLIP run folder (RUN/tokenizer.json)."""
-    path = Path(run) / TOKENIZER_FILE
-    if not path.is_file():
-        raise UserError(f"{run} has no {TOKENIZER_FILE}: it was not written by `difflab clip train`; retrain the run")
-    return WordTokenizer.from_json(path.read_text())
-
-
-def load_clip(run: str | Path, device: torch.device | str = "cpu") -> tuple[Config, CLIPModel, WordTokenizer]:
-    """Load a run folder of ``difflab clip train``: its config, the EMA model (eval, no grad), the tokenizer.
-
-    Raises:
-        UserError: not a run folder, not a CLIP run, or no checkpoint yet.
-    """
-    cfg = io.read_run_config(run)
-    if cfg.task != "clip":
-        raise UserError(f"{run} is a {cfg.task} run, not a CLIP run: pass the --out folder of `difflab clip train`")
-    ckpt = io.require_checkpoint(run)
-    tokenizer = read_tokenizer(run)
-    model = build_clip(cfg, tokenizer.vocab_size)
-    io.load_weights(model, ckpt / io.EMA_FILE)
-    return cfg, model.to(device).eval().requires_grad_(False), tokenizer

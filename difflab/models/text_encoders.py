@@ -20,6 +20,7 @@ import json
 import re
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -355,11 +356,8 @@ class ClipTextEncoder(FrozenTextEncoder):
             clip_model.eval().requires_grad_(False)
 
     @classmethod
-    def from_run(cls, run: str) -> ClipTextEncoder:
-        """The text tower of the CLIP trained in run folder ``run`` (``difflab clip train``)."""
-        from difflab.models.clip import load_clip
-
-        cfg, model, tokenizer = load_clip(run)
+    def from_clip(cls, cfg: Any, model: nn.Module, tokenizer: WordTokenizer) -> ClipTextEncoder:
+        """The text tower of a loaded CLIP run (``difflab.tasks.clip.load_clip``: its config, model, tokenizer)."""
         return cls(model, tokenizer, max_length=cfg.clip.max_length, dim=cfg.clip.text_width,
                    pooled_dim=cfg.clip.embed_dim)
 
@@ -374,7 +372,7 @@ TEXT_ENCODERS = ("scratch", "minilm", "clip")
 
 
 def build_text_encoder(kind: str, *, texts: Sequence[str] | None = None, vocab_json: str | None = None,
-                       clip_run: str | None = None, max_length: int = 16, width: int = 128, layers: int = 2,
+                       clip: tuple[Any, nn.Module, WordTokenizer] | None = None, max_length: int = 16, width: int = 128, layers: int = 2,
                        heads: int = 4) -> TextEncoder:
     """The text encoder ``kind`` (model.text_encoder).
 
@@ -382,7 +380,7 @@ def build_text_encoder(kind: str, *, texts: Sequence[str] | None = None, vocab_j
         kind: "scratch" | "minilm" | "clip".
         texts: scratch: the training captions its vocabulary is built from ...
         vocab_json: ... or the vocabulary saved beside a run (``ScratchTextEncoder.to_json``).
-        clip_run: clip: run folder of ``difflab clip train``.
+        clip: clip: a loaded CLIP run, (config, model, tokenizer) of ``difflab.tasks.clip.load_clip``.
         max_length: tokens per caption (clip uses the length its run was trained with).
         width, layers, heads: scratch: of its transformer.
     """
@@ -398,8 +396,8 @@ def build_text_encoder(kind: str, *, texts: Sequence[str] | None = None, vocab_j
     if kind == "minilm":
         return MiniLMEncoder(max_length)
     if kind == "clip":
-        if clip_run is None:
+        if clip is None:
             raise UserError("text_encoder clip needs a CLIP run: set model.clip_run=RUN (a run of "
                             "`difflab clip train`)")
-        return ClipTextEncoder.from_run(clip_run)
+        return ClipTextEncoder.from_clip(*clip)
     raise UserError(f"unknown text encoder {kind!r}: use {' | '.join(TEXT_ENCODERS)}")

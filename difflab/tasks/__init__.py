@@ -1,30 +1,120 @@
-"""Tasks: what the one training loop trains, chosen by ``task`` and ``data.name``."""
+"""The kinds of run, by name: the one place that maps ``task`` to the code that trains and loads it.
+
+Every kind is a module here defining ``TASK`` (its :class:`~difflab.tasks.base.Task`, what the training
+loop trains) and ``RUN`` (its :class:`~difflab.tasks.base.Run`, a trained run folder loaded for
+sampling, metrics and reports). A new kind is a new module and one line in :data:`TASKS`.
+
+Configs and run folders written before ``task`` named the kind say ``task: diffusion`` (or nothing):
+:func:`task_name` maps them once, here, to the kind the code then inferred from ``data.name`` and
+``model.text_encoder``.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
 
-from difflab.config import TASKS, Config
+import torch
+
+from difflab import io
+from difflab.config import Config
 from difflab.data.mixture import MIXTURES
 from difflab.errors import UserError
+from difflab.tasks.base import GaussianRun, GaussianTask, Run, Task, a_run
 
-if TYPE_CHECKING:  # difflab.train imports Accelerate: not for every `from difflab.tasks.image import ...`
-    from difflab.train import Task
+TASKS: dict[str, str] = {  # name -> module defining TASK and RUN
+    "image": "difflab.tasks.image",
+    "text-to-image": "difflab.tasks.text_to_image",
+    "toy2d": "difflab.tasks.toy2d",
+    "clip": "difflab.tasks.clip",
+}
+LEGACY_TASK = "diffusion"  # what every Gaussian run's config said before kinds had names
+WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
+
+
+def task_name(cfg: Config) -> str:
+    """The registry name of a config's kind; a missing or legacy ``task`` is mapped here, once."""
+    if cfg.task is None or cfg.task == LEGACY_TASK:
+        if cfg.data.name in MIXTURES:
+            return "toy2d"
+        return "text-to-image" if cfg.model.text_encoder != "none" else "image"
+    if cfg.task not in TASKS:
+        raise UserError(f"unknown task {cfg.task!r}: set task to one of {', '.join(TASKS)}")
+    return cfg.task
+
+
+def resolve(cfg: Config) -> Config:
+    """``cfg`` with its ``task`` named explicitly (:func:`task_name`)."""
+    return replace(cfg, task=task_name(cfg))
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(TASKS[name])
 
 
 def build_task(cfg: Config) -> Task:
-    """The task for a config: a 2-D mixture (:mod:`difflab.tasks.toy2d`), captioned images
-    (:mod:`difflab.tasks.text_to_image`, when ``model.text_encoder`` is set) or images (:mod:`difflab.tasks.image`)."""
-    if cfg.task not in TASKS:
-        raise UserError(f"unknown task {cfg.task!r}: set task to one of {', '.join(TASKS)}")
-    if cfg.task == "clip":  # contrastive image-text encoders (difflab clip train)
-        from difflab.tasks.clip import ClipTask
-        return ClipTask(cfg)
-    if cfg.data.name in MIXTURES:
-        from difflab.tasks.toy2d import Toy2DTask
-        return Toy2DTask(cfg)
-    from difflab.tasks.text_to_image import TextToImageTask, is_text_to_image
-    if is_text_to_image(cfg):
-        return TextToImageTask(cfg)
-    from difflab.tasks.image import ImageTask
-    return ImageTask(cfg)
+    """The training task of a config (its ``task``, resolved by :func:`task_name`)."""
+    cfg = resolve(cfg)
+    return _module(cfg.task).TASK(cfg)
+
+
+def run_classes() -> list[type]:
+    """The ``Run`` class of every registered kind, in registry order."""
+    return [_module(name).RUN for name in TASKS]
+
+
+def load_run(folder: str | Path, device: torch.device | str = "cpu", *, ema: bool = True,
+             checkpoint: str | Path | None = None) -> Run:
+    """Load a trained run folder as its kind's :class:`~difflab.tasks.base.Run`.
+
+    Args:
+        folder: written by ``difflab train`` (or ``clip train``, ``distill``).
+        device: where its network lives.
+        ema: the EMA weights (else the raw model's).
+        checkpoint: a checkpoint folder of the run (None = the newest).
+
+    Raises:
+        UserError: not a run folder (a weights file, a missing folder), unknown kind, no checkpoint.
+    """
+    folder = Path(folder)
+    if folder.is_file() and folder.suffix in WEIGHTS_SUFFIXES:
+        raise UserError(f"{folder} is a weights file (such as a feature extractor of `difflab features train`), "
+                        f"not a run folder, so it cannot be sampled or evaluated: pass the --out folder of "
+                        f"`difflab train`")
+    cfg = resolve(io.read_run_config(folder))
+    ckpt = Path(checkpoint) if checkpoint is not None else io.require_checkpoint(folder)
+    return _module(cfg.task).RUN.load(folder, cfg, device, ema=ema, checkpoint=ckpt)
+
+
+def sampling_run(folder: str | Path, device: torch.device | str = "cpu", *, verb: str = "sample",
+                 **options: object) -> Run:
+    """:func:`load_run`, with a one-line error naming the run's kind when that kind cannot sample."""
+    run = load_run(folder, device, **options)
+    if not run.can_sample:
+        samplers = ", ".join(name for name in TASKS if _module(name).RUN.can_sample)
+        raise UserError(f"{folder} is {a_run(run.task)}, which cannot sample, so `difflab {verb}` cannot use it: "
+                        f"pass a run of a generative kind ({samplers})")
+    return run
+
+
+def gaussian_run(folder: str | Path, device: torch.device | str = "cpu", *, verb: str = "distill") -> GaussianRun:
+    """:func:`load_run` of a run of Gaussian diffusion (:class:`~difflab.tasks.base.GaussianRun`), else one line."""
+    run = load_run(folder, device)
+    if not isinstance(run, GaussianRun):
+        raise UserError(f"{folder} is {a_run(run.task)}, not a run of Gaussian diffusion, so `difflab {verb}` cannot "
+                        f"use it: pass the --out folder of `difflab train` on images")
+    return run
+
+
+def gaussian_task(cfg: Config) -> GaussianTask:
+    """:func:`build_task` of a task of Gaussian diffusion with batches to distill on, else one line."""
+    task = build_task(cfg)
+    if not isinstance(task, GaussianTask):
+        raise UserError(f"a {task.config.task} run cannot be distilled: distill a run of Gaussian diffusion on images")
+    return task
+
+
+__all__ = ["LEGACY_TASK", "TASKS", "build_task", "gaussian_run", "gaussian_task", "load_run", "resolve",
+           "run_classes", "sampling_run", "task_name"]

@@ -1,34 +1,39 @@
-"""Image generation glue: dataset -> UNet denoiser -> loss for training; run folder -> images.
+"""Images, unconditional or class-conditional: dataset -> UNet denoiser -> loss (:class:`ImageTask`);
+a trained run folder -> images, their FID, KID and PRDC, its report (:class:`ImageRun`).
 
-The training loop (:mod:`difflab.train`) knows nothing about images: it asks a task for a
-model, a batch and a loss. Sampling loads a run folder and drives any sampler through the
-denoiser contract.
+The training loop (:mod:`difflab.train`) knows nothing about images: it asks a task for a model and
+a loss. Sampling drives any sampler through the denoiser contract (:mod:`difflab.tasks.gaussian`).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import argparse
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from difflab import io
+from difflab import grids, report_html
 from difflab.config import Config
 from difflab.data import load_dataset
 from difflab.data.images import ImageDataset, random_flip, to_model_range, to_uint8
-from difflab.data.mixture import MIXTURES
-from difflab.denoisers import NetworkDenoiser, classifier_free_guidance
+from difflab.denoisers import Cond
 from difflab.errors import UserError
-from difflab.losses import diffusion_loss
+from difflab.evaluate.fid import compute_fid, extractor_for
+from difflab.evaluate.run_eval import evaluate_images
 from difflab.models.unet import UNet
-from difflab.samplers import get_sampler, sample
-from difflab.schedules import Schedule, make_schedule
-from difflab.tasks.text_to_image import (build_text_unet, default_prompts, is_text_to_image, load_text_encoder,
-                                         prompt_condition)
+from difflab.samplers import sample
+from difflab.schedules import Schedule, schedule_from_config
+from difflab.tasks.base import GridRow, SampleRequest, Samples, Section
+from difflab.tasks.gaussian import GaussianRunBase, algorithm1, load_network
+
+PREVIEW_SAMPLES = 16  # images in the training log's preview grid (train.log_with)
+PREVIEW_STEPS = 10  # sampler steps of the preview
+UNCONDITIONAL_ROWS = 4  # report grid rows of an unconditional run
 
 
 def build_unet(cfg: Config, channels: int, *, context_dim: int = 0, pooled_dim: int = 0) -> UNet:
@@ -48,20 +53,50 @@ def image_channels(cfg: Config) -> int:
     return cfg.data.channels
 
 
+def load_images(cfg: Config, split: str = "train") -> ImageDataset:
+    """The dataset of ``cfg.data`` (one line when it has no images)."""
+    d = cfg.data
+    dataset = load_dataset(d.name, path=d.path, resolution=d.resolution, channels=d.channels, split=split,
+                           size=d.size, holdout=d.holdout)
+    if len(dataset) == 0:
+        raise UserError(f"dataset {d.name} has no images: check data.path")
+    return dataset
+
+
+def preview_grid(model: nn.Module, schedule: Schedule, cfg: Config, cond: Cond | None) -> np.ndarray:
+    """uint8 (H, W, C): PREVIEW_SAMPLES images of ``model`` (seed 0, PREVIEW_STEPS steps of the run's
+    sampler), for the training logs; ``model`` is left in the mode it was in."""
+    from difflab.denoisers import NetworkDenoiser, classifier_free_guidance
+
+    training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    denoiser = classifier_free_guidance(NetworkDenoiser(model, schedule, cfg.diffusion.prediction,
+                                                        clip_x0=cfg.sample.clip_x0), cfg.sample.guidance)
+    C, H = image_channels(cfg), cfg.data.resolution
+    with torch.inference_mode():
+        x = sample(cfg.sample.sampler, denoiser, (PREVIEW_SAMPLES, C, H, H), schedule, steps=PREVIEW_STEPS,
+                   cond=cond, generator=torch.Generator(device=device).manual_seed(0), device=device)
+    model.train(training)
+    return grids.image_grid(to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())  # (B, H, W, C) tiled
+
+
 class ImageTask:
     """Unconditional or class-conditional image diffusion on an in-memory dataset."""
 
+    name = "image"
+
     def __init__(self, cfg: Config) -> None:
+        if cfg.model.text_encoder != "none":
+            raise UserError(f"task image has no text encoder, but model.text_encoder is {cfg.model.text_encoder}: "
+                            "set task=text-to-image, or model.text_encoder=none")
+        self.dataset: ImageDataset = load_images(cfg)
         d = cfg.data
-        self.dataset: ImageDataset = load_dataset(d.name, path=d.path, resolution=d.resolution, channels=d.channels,
-                                                  size=d.size, holdout=d.holdout)
-        if len(self.dataset) == 0:
-            raise UserError(f"dataset {d.name} has no images: check data.path")
         conditional = d.class_conditional and self.dataset.num_classes > 1
         H, _ = self.dataset.resolution
-        self.config = replace(cfg, data=replace(d, resolution=H, channels=self.dataset.channels),
+        self.config = replace(cfg, task=self.name, data=replace(d, resolution=H, channels=self.dataset.channels),
                               model=replace(cfg.model, num_classes=self.dataset.num_classes if conditional else 0))
-        self.schedule: Schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+        self.schedule: Schedule = schedule_from_config(cfg.diffusion)
         self.images: Tensor = self.dataset.images  # uint8 (N, C, H, W)
         self.labels: Tensor | None = self.dataset.labels if conditional else None
 
@@ -70,6 +105,9 @@ class ImageTask:
         self.images = self.images.to(device)
         if self.labels is not None:
             self.labels = self.labels.to(device)
+
+    def run_files(self) -> dict[str, str]:
+        return {}
 
     def build_model(self) -> nn.Module:
         return build_unet(self.config, self.dataset.channels)
@@ -95,97 +133,163 @@ class ImageTask:
     def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor:
         """Algorithm 1 on a random :meth:`batch` drawn with ``generator`` (reproducible per step)."""
         x0, cond = self.batch(batch_size, generator)
-        dc = self.config.diffusion
-        return diffusion_loss(lambda x_t, t: model(x_t, t, **cond), x0, self.schedule,
-                              prediction=dc.prediction, weighting=dc.weighting,
-                              min_snr_gamma=dc.min_snr_gamma, generator=generator)
+        return algorithm1(model, x0, cond, self.schedule, self.config, generator)
+
+    def preview(self, model: nn.Module) -> np.ndarray:
+        """A grid of samples (classes in turn for a conditional model)."""
+        K = self.config.model.num_classes
+        device = next(model.parameters()).device
+        cond = {"labels": torch.arange(PREVIEW_SAMPLES, device=device) % K} if K else None
+        return preview_grid(model, self.schedule, self.config, cond)
 
 
-# -- sampling a trained run -------------------------------------------------------------------
-def load_image_model(run: str | Path, device: torch.device | str = "cpu", ema: bool = True,
-                     checkpoint: str | Path | None = None) -> tuple[Config, nn.Module]:
-    """Rebuild the UNet of a run folder and load its (EMA) weights: from ``checkpoint`` (a folder
-    of :func:`difflab.io.list_checkpoints`) or, by default, the newest."""
-    cfg = io.read_run_config(run)
-    if cfg.data.name in MIXTURES:
-        raise UserError(f"{run} is a 2-D mixture run ({cfg.data.name}), not an image run: look at it with "
-                        f"`difflab report {run}` or bench/known_density.py")
-    ckpt = Path(checkpoint) if checkpoint is not None else io.require_checkpoint(run)
-    if is_text_to_image(cfg):
-        model = build_text_unet(cfg, image_channels(cfg), load_text_encoder(cfg, run=run))
-    else:
-        model = build_unet(cfg, image_channels(cfg))
-    io.load_weights(model, ckpt / (io.EMA_FILE if ema else io.MODEL_FILE))
-    return cfg, model.to(device).eval().requires_grad_(False)
-
-
-def _check_prompts(cfg: Config, n: int, labels: Tensor | None, prompts: Sequence[str] | None,
-                  seed: int) -> list[str] | None:
-    """The n prompts of a text-to-image run (drawn from its data when None); None for other runs."""
-    if not is_text_to_image(cfg):
-        if prompts is not None:
-            raise UserError("this run has no text encoder (model.text_encoder none), so --prompt cannot be used: "
-                            "drop --prompt, or train with model.text_encoder=scratch")
-        return None
-    if labels is not None:
-        raise UserError("this run is text-to-image, so --class cannot be used: pass --prompt TEXT instead")
-    prompts = default_prompts(cfg, n, seed) if prompts is None else list(prompts)
-    if len(prompts) != n:
-        raise ValueError(f"{len(prompts)} prompts for {n} images")
-    return prompts
-
-
-@torch.inference_mode()
-def generate(cfg: Config, model: nn.Module, n: int, *, sampler: str | None = None, steps: int | None = None,
-             labels: Tensor | None = None, prompts: Sequence[str] | None = None, guidance: float | None = None,
-             seed: int = 0, batch_size: int | None = None, progress: bool = True,
-             **options: object) -> tuple[np.ndarray, np.ndarray]:
-    """Sample ``n`` images from a trained model.
-
-    Args:
-        labels: (n,) class ids for a class-conditional model; None gives balanced classes
-            (0, 1, 2, ...) for a conditional model and unconditional samples otherwise.
-        prompts: n captions for a text-to-image model ("" = unconditional); None draws them from
-            the dataset's captions (:func:`~difflab.tasks.text_to_image.default_prompts` with ``seed``).
-        options: sampler options (eta, variance, grid); unset ones come from ``cfg.sample``.
-
-    Returns:
-        images uint8 (n, H, W, C) and labels int64 (n,) (-1 for unconditional).
-    """
-    s = cfg.sample
-    sampler = sampler or s.sampler
-    get_sampler(sampler)  # a one-line error for an unknown name, before any work
-    steps = s.steps if steps is None else steps
-    if n < 1:
-        raise UserError(f"number of samples must be positive, got {n}: pass --n 1 or more")
-    device = next(model.parameters()).device
+# -- a trained run -------------------------------------------------------------------------------
+def class_names(cfg: Config) -> list[str]:
+    """Names of the run's classes from its dataset; the class ids when the dataset is not at hand."""
     K = cfg.model.num_classes
-    prompts = _check_prompts(cfg, n, labels, prompts, seed)
-    if labels is None:
-        labels = torch.arange(n) % K if K else torch.full((n,), -1)
-    elif K == 0:
-        raise UserError("this run is unconditional, so --class cannot be used: drop --class")
-    elif labels.min() < 0 or labels.max() >= K:
-        raise UserError(f"class {int(labels.max())} is out of range for this run's {K} classes: pass 0..{K - 1}")
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-    denoiser = NetworkDenoiser(model, schedule, cfg.diffusion.prediction, clip_x0=s.clip_x0)
-    denoiser = classifier_free_guidance(denoiser, s.guidance if guidance is None else guidance)
-    opts = {"eta": s.eta} if sampler == "ddim" else {"variance": s.variance} if sampler == "ddpm" else {}
-    opts.update({k: v for k, v in options.items() if v is not None})
-    grid = opts.pop("grid", s.grid)
-    C, H = image_channels(cfg), cfg.data.resolution
-    batch_size = batch_size or s.batch_size
-    generator = torch.Generator(device=device).manual_seed(seed)
-    out = []
-    bar = tqdm(total=n, desc="sampling", unit="img", disable=not progress or n <= batch_size, dynamic_ncols=True)
-    for start in range(0, n, batch_size):
-        y = labels[start:start + batch_size].to(device)
-        cond = {"labels": y} if K else None
-        if prompts is not None:
-            cond = prompt_condition(model, prompts[start:start + batch_size], device)
-        x = sample(sampler, denoiser, (len(y), C, H, H), schedule, steps=steps, grid=grid, cond=cond,
-                   generator=generator, device=device, progress=progress and n <= batch_size, **opts)
-        out.append(to_uint8(x).permute(0, 2, 3, 1).cpu())  # (B, H, W, C)
-        bar.update(len(y))
-    bar.close()
-    return torch.cat(out).numpy(), labels.numpy().astype(np.int64)
+    try:
+        names = load_images(cfg).class_names
+    except UserError:
+        names = []
+    return list(names) if len(names) == K else [str(k) for k in range(K)]
+
+
+class ImageRun(GaussianRunBase):
+    """A trained image run: ``cond`` is the class id of every image ((n,) ints; None = classes in turn,
+    or unconditional)."""
+
+    task = "image"
+
+    @classmethod
+    def build(cls, cfg: Config, folder: Path) -> nn.Module:
+        """The run's network, before its weights are loaded."""
+        return build_unet(cfg, image_channels(cfg))
+
+    @classmethod
+    def load(cls, folder: Path, config: Config, device: torch.device | str = "cpu", *, ema: bool = True,
+             checkpoint: Path | None = None) -> ImageRun:
+        from difflab import io
+
+        checkpoint = checkpoint or io.require_checkpoint(folder)
+        return cls(folder, config, load_network(cls.build(config, folder), checkpoint, ema, device), checkpoint)
+
+    @property
+    def conditional(self) -> bool:
+        return self.config.model.num_classes > 0
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        H = self.config.data.resolution
+        return image_channels(self.config), H, H
+
+    def _labels(self, n: int, cond: Any) -> Tensor:
+        """(n,) class ids of the samples, -1 = unconditional."""
+        K = self.config.model.num_classes
+        if cond is None:
+            return torch.arange(n) % K if K else torch.full((n,), -1)
+        labels = torch.as_tensor(cond, dtype=torch.long).reshape(-1)
+        if K == 0:
+            raise UserError("this run is unconditional, so --class cannot be used: drop --class")
+        if labels.min() < 0 or labels.max() >= K:
+            raise UserError(f"class {int(labels.max())} is out of range for this run's {K} classes: pass 0..{K - 1}")
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} class ids for {n} images")
+        return labels
+
+    def _images(self, batches: list[Tensor]) -> np.ndarray:
+        return torch.cat([to_uint8(x).permute(0, 2, 3, 1).cpu() for x in batches]).numpy()  # (n, H, W, C)
+
+    def sample(self, n: int, *, cond: Any = None, sampler: str | None = None, steps: int | None = None,
+               seed: int = 0, guidance: float | None = None, batch_size: int | None = None,
+               progress: bool = True, **options: Any) -> Samples:
+        """``n`` images uint8 (n, H, W, C) with their ``labels`` (-1 for unconditional)."""
+        self.sampler_options(sampler, steps, {})  # an unknown sampler fails before the labels are checked
+        labels = self._labels(n, cond)
+        device = self.device
+
+        def cond_of(start: int, stop: int) -> Cond | None:
+            return {"labels": labels[start:stop].to(device)} if self.conditional else None
+
+        batches = self.draw(n, self.image_shape, cond_of, sampler=sampler, steps=steps, seed=seed, guidance=guidance,
+                            batch_size=batch_size, progress=progress, unit="img", **options)
+        return Samples(self._images(batches), {"labels": labels.numpy().astype(np.int64)})
+
+    def save(self, samples: Samples, out: Path) -> Path:
+        """``.png`` a grid, ``.npz`` arrays, else a folder of PNGs (:func:`difflab.grids.save_images`)."""
+        c = samples.conditions
+        prompts = c["prompts"].tolist() if "prompts" in c else None
+        return grids.save_images(out, samples.data, c.get("labels"), ncol=samples.ncol, prompts=prompts)
+
+    def default_output(self, sampler: str, steps: int) -> Path:
+        return self.folder / "samples" / f"{sampler}-{steps}.png"
+
+    def _reference(self, data: str | None, data_path: str | None) -> tuple[str, str | None]:
+        """The reference dataset of the metrics: the run's own unless ``data`` names another."""
+        d = self.config.data
+        data = data or d.name
+        return data, data_path or (d.path if data == d.name else None)
+
+    def check_metrics(self, *, data: str | None = None, data_path: str | None = None,
+                      features: str | Path | None = None) -> None:
+        """Fail (or train and cache the feature extractor) before any sampling."""
+        data, data_path = self._reference(data, data_path)
+        C, H, _ = self.image_shape
+        load_dataset(data, path=data_path, resolution=H, channels=C)
+        extractor_for(C, data=data, data_path=data_path, resolution=H, weights=features)
+
+    def metrics(self, samples: Samples, *, data: str | None = None, data_path: str | None = None,
+                features: str | Path | None = None, clip_run: str | Path | None = None,
+                progress: bool = True) -> dict[str, Any]:
+        """FID, KID, precision, recall, density and coverage (:func:`difflab.evaluate.run_eval.evaluate_images`)."""
+        data, data_path = self._reference(data, data_path)
+        C, H, _ = self.image_shape
+        net = extractor_for(C, data=data, data_path=data_path, resolution=H, weights=features)
+        return {"data": data, **evaluate_images(samples.data, data=data, data_path=data_path, resolution=H,
+                                                extractor=net, progress=progress)}
+
+    def fid(self, samples: Samples, *, data: str | None = None, data_path: str | None = None,
+            features: str | Path | None = None) -> tuple[float, str]:
+        data, data_path = self._reference(data, data_path)
+        return compute_fid(samples.data, data=data, data_path=data_path, resolution=self.image_shape[1],
+                           weights=features), data
+
+    def report_sections(self) -> Sequence[Section]:
+        h = report_html
+        return (h.config_section, h.training_section, h.samples_section, h.metrics_section, h.elbo_section,
+                h.environment_section)
+
+    def grid_rows(self, rows: int, seed: int) -> list[GridRow]:
+        """One row per class (its name), else UNCONDITIONAL_ROWS rows."""
+        if self.conditional:
+            return [GridRow(name, k) for k, name in enumerate(class_names(self.config))]
+        return [GridRow(f"#{r + 1}") for r in range(UNCONDITIONAL_ROWS)]
+
+    @staticmethod
+    def add_flags(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--class", dest="class_id", type=int,
+                            help="class id for every image (class-conditional runs)")
+
+    def request(self, args: argparse.Namespace, n: int | None, default_n: int) -> SampleRequest:
+        """``--class K`` for every image, else classes in turn (one grid row per class)."""
+        n = n or default_n
+        class_id = getattr(args, "class_id", None)
+        if class_id is not None:
+            return SampleRequest(n, [class_id] * n)
+        return SampleRequest(n, None, self.config.model.num_classes or None)
+
+    def nll(self, n: int, *, variance: str | None = None, strata: int | None = None, seed: int = 0,
+            progress: bool = True) -> dict[str, Any]:
+        """The variational bound on ``n`` test images in bits/dim (:func:`difflab.evaluate.likelihood.image_nll`)."""
+        from difflab.evaluate.fid import fixed_subset
+        from difflab.evaluate.likelihood import image_nll
+
+        d = self.config.data
+        images = fixed_subset(load_images(self.config, split="test").images, n)  # uint8 (n, C, H, W)
+        return {"data": f"{d.name} (test split)",
+                **image_nll(self.config, self.model, images, variance=variance, strata=strata, seed=seed,
+                            progress=progress)}
+
+
+TASK = ImageTask
+RUN = ImageRun

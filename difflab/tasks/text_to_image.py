@@ -11,52 +11,58 @@ prompt always means "no caption" (unconditional).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from difflab.config import Config
-from difflab.data import load_dataset
+from difflab.data import captioned_pairs, load_dataset
 from difflab.data.images import to_model_range
+from difflab.denoisers import Cond
 from difflab.errors import UserError
-from difflab.losses import diffusion_loss
+from difflab.evaluate.fid import fixed_subset
+from difflab.evaluate.run_eval import text_metrics
 from difflab.models.text_encoders import TextEncoder, build_text_encoder
 from difflab.models.text_unet import TextConditionedUNet
-from difflab.schedules import Schedule, make_schedule
+from difflab.schedules import Schedule, schedule_from_config
+from difflab.tasks.base import GridRow, SampleRequest, Samples
+from difflab.tasks.gaussian import algorithm1
+from difflab.tasks.image import PREVIEW_SAMPLES, ImageRun, build_unet, image_channels, load_images, preview_grid
 
 TOKENIZER_FILE = "tokenizer.json"  # the scratch encoder's vocabulary, beside the run's config
-TEXT_ENCODERS = ("none", "scratch", "minilm", "clip")
-
-
-def is_text_to_image(cfg: Config) -> bool:
-    """Whether a config describes a text-to-image model."""
-    if cfg.model.text_encoder not in TEXT_ENCODERS:
-        raise UserError(f"unknown model.text_encoder {cfg.model.text_encoder!r}: use one of {', '.join(TEXT_ENCODERS)}")
-    return cfg.model.text_encoder != "none"
+TEXT_ENCODERS = ("scratch", "minilm", "clip")
+DEFAULT_PER_PROMPT = 8  # difflab sample with --prompt / --prompts: images per prompt (one grid row)
 
 
 def load_text_encoder(cfg: Config, *, texts: Sequence[str] | None = None, run: str | Path | None = None) -> TextEncoder:
-    """The text encoder of ``cfg``: a scratch vocabulary is built from ``texts`` or read from ``run``."""
+    """The text encoder of ``cfg``: a scratch vocabulary is built from ``texts`` or read from ``run``;
+    a CLIP encoder is the text tower of the run ``model.clip_run``."""
+    from difflab.tasks.clip import load_clip
+
     m = cfg.model
+    if m.text_encoder not in TEXT_ENCODERS:
+        raise UserError(f"task text-to-image needs a text encoder, but model.text_encoder is {m.text_encoder!r}: "
+                        f"set it to one of {', '.join(TEXT_ENCODERS)}, or set task=image")
     vocab_json = None
     if m.text_encoder == "scratch" and texts is None:
         vocab = Path(run) / TOKENIZER_FILE if run is not None else None
         if vocab is None or not vocab.is_file():
             raise UserError(f"{run} has no {TOKENIZER_FILE} (the scratch encoder's vocabulary): retrain the run")
         vocab_json = vocab.read_text(encoding="utf-8")
-    return build_text_encoder(m.text_encoder, texts=texts, vocab_json=vocab_json, clip_run=m.clip_run,
+    clip = load_clip(m.clip_run) if m.text_encoder == "clip" and m.clip_run is not None else None
+    return build_text_encoder(m.text_encoder, texts=texts, vocab_json=vocab_json, clip=clip,
                               max_length=m.text_max_length, width=m.text_width, layers=m.text_layers,
                               heads=m.text_heads)
 
 
 def build_text_unet(cfg: Config, channels: int, encoder: TextEncoder) -> TextConditionedUNet:
     """The UNet of ``cfg.model`` reading ``encoder``'s token vectors and pooled vector."""
-    from difflab.tasks.image import build_unet
-
     return TextConditionedUNet(build_unet(cfg, channels, context_dim=encoder.dim, pooled_dim=encoder.pooled_dim),
                                encoder)
 
@@ -66,12 +72,9 @@ def is_empty(prompts: Sequence[str]) -> Tensor:
     return torch.tensor([not p.strip() for p in prompts], dtype=torch.bool)
 
 
-def prompt_condition(model: nn.Module, prompts: Sequence[str], device: torch.device) -> dict[str, Tensor]:
+def prompt_condition(model: TextConditionedUNet, prompts: Sequence[str], device: torch.device) -> dict[str, Tensor]:
     """The denoiser's ``cond`` for ``prompts`` on a :class:`TextConditionedUNet` (empty prompt = null)."""
-    encoder = getattr(model, "text_encoder", None)
-    if encoder is None:
-        raise UserError("this run has no text encoder, so --prompt cannot be used: drop --prompt")
-    cond = {k: v.to(device) for k, v in encoder.tokenize(list(prompts)).items()}
+    cond = {k: v.to(device) for k, v in model.text_encoder.tokenize(list(prompts)).items()}
     cond["drop"] = is_empty(prompts).to(device)
     return cond
 
@@ -89,19 +92,20 @@ def default_prompts(cfg: Config, n: int, seed: int = 0) -> list[str]:
 class TextToImageTask:
     """Caption-conditioned image diffusion on an in-memory captioned dataset."""
 
+    name = "text-to-image"
+
     def __init__(self, cfg: Config) -> None:
         d = cfg.data
-        dataset = load_dataset(d.name, path=d.path, resolution=d.resolution, channels=d.channels,
-                               size=d.size, holdout=d.holdout)
+        dataset = load_images(cfg)
         if not dataset.texts:
             raise UserError(f"dataset {d.name} has no captions, but model.text_encoder is {cfg.model.text_encoder}: "
                             "train on captioned images (data.name=shapes, or an image-folder with metadata.jsonl) "
                             "or set model.text_encoder=none")
         H, _ = dataset.resolution
         self.channels = dataset.channels
-        self.config = replace(cfg, data=replace(d, resolution=H, channels=dataset.channels),
+        self.config = replace(cfg, task=self.name, data=replace(d, resolution=H, channels=dataset.channels),
                               model=replace(cfg.model, num_classes=0))
-        self.schedule: Schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+        self.schedule: Schedule = schedule_from_config(cfg.diffusion)
         self.images: Tensor = dataset.images  # uint8 (N, C, H, W)
         captions, index = np.unique(np.asarray(dataset.texts, dtype=object).astype(str), return_inverse=True)
         self.captions: list[str] = captions.tolist()  # the U distinct captions
@@ -118,8 +122,7 @@ class TextToImageTask:
 
     def run_files(self) -> dict[str, str]:
         """The scratch encoder's vocabulary, written beside the run's config."""
-        tokenizer = getattr(self.encoder, "tokenizer", None)
-        return {TOKENIZER_FILE: tokenizer.to_json()} if self.config.model.text_encoder == "scratch" else {}
+        return {TOKENIZER_FILE: self.encoder.tokenizer.to_json()} if self.config.model.text_encoder == "scratch" else {}
 
     def build_model(self) -> nn.Module:
         return build_text_unet(self.config, self.channels, self.encoder)
@@ -141,7 +144,106 @@ class TextToImageTask:
     def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor:
         """Algorithm 1 on a random :meth:`batch` of (image, caption) pairs."""
         x0, cond = self.batch(batch_size, generator)
-        dc = self.config.diffusion
-        return diffusion_loss(lambda x_t, t: model(x_t, t, **cond), x0, self.schedule,
-                              prediction=dc.prediction, weighting=dc.weighting,
-                              min_snr_gamma=dc.min_snr_gamma, generator=generator)
+        return algorithm1(model, x0, cond, self.schedule, self.config, generator)
+
+    def preview(self, model: nn.Module) -> np.ndarray:
+        """A grid of samples for training captions (in turn)."""
+        prompts = [self.captions[i % len(self.captions)] for i in range(PREVIEW_SAMPLES)]
+        return preview_grid(model, self.schedule, self.config,
+                            prompt_condition(model, prompts, next(model.parameters()).device))
+
+
+# -- a trained run -------------------------------------------------------------------------------
+REPORT_ROWS = 4  # report grid rows: prompts drawn from the data
+
+
+class TextToImageRun(ImageRun):
+    """A trained text-to-image run: ``cond`` is the prompt of every image (n strings, "" = unconditional;
+    None = prompts drawn from the data's test captions with the seed)."""
+
+    task = "text-to-image"
+
+    @classmethod
+    def build(cls, cfg: Config, folder: Path) -> nn.Module:
+        return build_text_unet(cfg, image_channels(cfg), load_text_encoder(cfg, run=folder))
+
+    @property
+    def conditional(self) -> bool:
+        return True
+
+    def sample(self, n: int, *, cond: Any = None, sampler: str | None = None, steps: int | None = None,
+               seed: int = 0, guidance: float | None = None, batch_size: int | None = None,
+               progress: bool = True, **options: Any) -> Samples:
+        """``n`` images uint8 (n, H, W, C) with their ``prompts``."""
+        self.sampler_options(sampler, steps, {})
+        prompts = default_prompts(self.config, n, seed) if cond is None and n > 0 else list(cond or [])
+        if len(prompts) != n:
+            raise ValueError(f"{len(prompts)} prompts for {n} images")
+
+        def cond_of(start: int, stop: int) -> Cond:
+            return prompt_condition(self.model, prompts[start:stop], self.device)
+
+        batches = self.draw(n, self.image_shape, cond_of, sampler=sampler, steps=steps, seed=seed, guidance=guidance,
+                            batch_size=batch_size, progress=progress, unit="img", **options)
+        return Samples(self._images(batches), {"labels": np.full(n, -1, dtype=np.int64),
+                                               "prompts": np.asarray(prompts, dtype=str)})
+
+    def metrics(self, samples: Samples, *, data: str | None = None, data_path: str | None = None,
+                features: str | Path | None = None, clip_run: str | Path | None = None,
+                progress: bool = True) -> dict[str, Any]:
+        """The image metrics plus how well the images follow their prompts (CLIP score of difflab's own
+        CLIP: ``clip_run``, or the dataset's default, trained once and cached; attribute accuracy)."""
+        from difflab.tasks.clip import get_default_clip, load_clip
+
+        out = super().metrics(samples, data=data, data_path=data_path, features=features, progress=progress)
+        d = self.config.data
+        clip_run = clip_run or get_default_clip(d.name, data_path=d.path, resolution=d.resolution,
+                                                channels=d.channels, progress=progress)
+        _, clip, tokenizer = load_clip(clip_run)
+        prompts = samples.conditions["prompts"].tolist()
+        real_images, real_texts, _ = captioned_pairs(d.name, path=d.path, resolution=d.resolution,
+                                                     channels=d.channels, split="test", size=d.size)
+        pick = fixed_subset(np.arange(len(real_texts)), len(prompts))
+        return out | text_metrics(samples.data, prompts, clip, tokenizer, real_images[pick],
+                                  [real_texts[i] for i in pick]) | {"clip_run": str(clip_run)}
+
+    def grid_rows(self, rows: int, seed: int) -> list[GridRow]:
+        """REPORT_ROWS prompts drawn from the data with ``seed``, each printed under its row."""
+        return [GridRow(f"#{r + 1}", p, p) for r, p in enumerate(default_prompts(self.config, REPORT_ROWS, seed))]
+
+    @staticmethod
+    def add_flags(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--prompt", dest="prompt_list", action="append", metavar="TEXT",
+                            help='caption to draw (text-to-image runs; repeatable; "" = unconditional)')
+        parser.add_argument("--prompts", dest="prompts_file", metavar="FILE", help="text file with one prompt per line")
+
+    def request(self, args: argparse.Namespace, n: int | None, default_n: int) -> SampleRequest:
+        """``--prompt`` / ``--prompts``: ``n`` images per prompt (default DEFAULT_PER_PROMPT), one grid row each;
+        without them ``n`` images for captions drawn from the data."""
+        given = read_prompts(getattr(args, "prompt_list", None), getattr(args, "prompts_file", None))
+        if not given:
+            n = n or default_n
+            return SampleRequest(n, default_prompts(self.config, n, getattr(args, "seed", 0)))
+        per_prompt = n or DEFAULT_PER_PROMPT
+        return SampleRequest(len(given) * per_prompt, [p for p in given for _ in range(per_prompt)], per_prompt)
+
+
+def read_prompts(prompts: Sequence[str] | None, path: str | None) -> list[str]:
+    """``prompts`` then the lines of the text file ``path`` (blank lines skipped)."""
+    out = list(prompts or [])
+    if path:
+        if not Path(path).is_file():
+            raise UserError(f"prompts file {path} not found: pass a text file with one prompt per line")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"prompts file {path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if not lines:
+            raise UserError(f"prompts file {path} holds no prompt: write one prompt per line")
+        out += lines
+    return out
+
+
+TASK = TextToImageTask
+RUN = TextToImageRun

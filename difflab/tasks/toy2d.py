@@ -1,45 +1,37 @@
-"""2-D data of known density: mixture -> residual MLP -> loss for training; run -> its ELBO vs the entropy.
+"""2-D data of known density: mixture -> residual MLP -> loss for training (:class:`Toy2DTask`); a trained
+run -> points, scatter plots and its variational bound against the exact entropy (:class:`Toy2DRun`).
 
-The known-density check (issue 3): on data whose density p is known exactly, a model's
-variational bound E_p[-ELBO(x)] (nats per sample, :func:`difflab.evaluate.likelihood.elbo_terms`
-with the Gaussian decoder) can never fall below the entropy H = -E_p[log p(x)], and it should
-approach H as training goes on. :func:`bound_vs_entropy` measures bound - H as
-
-    floor  = E[-ELBO(exact)] - H     the exact denoiser E[x_0 | x_t] (:func:`mixture_denoiser`):
-                                     what T steps and fixed reverse variances cost any model
-    excess = E[-ELBO(model) + ELBO(exact)]   what the network's errors add (>= 0)
-
-with three variance reductions: the control variate log p(x_i) (E[-log p] = H exactly), common
-random numbers for the excess, and the first step terms (large, changing like 1/t) summed
-exactly rather than sampled (:func:`difflab.evaluate.likelihood.head_and_strata`).
-
-Reverse variance: for data that are smooth at the scale of the noise, the reverse step
-q(x_{t-1} | x_t) has variance close to beta_t (Ho et al. 2020, sec. 3.2: beta is optimal for
-x_0 ~ N(0, I), beta_tilde for a point mass); with beta_tilde the step terms at small t alone
-cost ~0.45 nats per dimension (measured: the exact denoiser's bound lies 0.9 to 1.1 nats above H
-in 2-D, linear schedule, T = 1000), so the check uses ``variance="beta"``.
+The known-density check itself (bound - entropy = floor + excess) is
+:mod:`difflab.evaluate.known_density`; ``bench/known_density.py`` measures it over training.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import argparse
+import html
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from difflab import io
+from difflab import io, report_html
 from difflab.config import Config
-from difflab.data.mixture import GaussianMixture, load_mixture, mixture_denoiser
+from difflab.data.mixture import GaussianMixture, load_mixture
 from difflab.denoisers import Denoiser, NetworkDenoiser
-from difflab.evaluate.likelihood import elbo_terms, head_and_strata
-from difflab.losses import diffusion_loss
+from difflab.errors import UserError
+from difflab.evaluate.known_density import bound_vs_entropy
 from difflab.models.mlp import ResidualMLP
-from difflab.schedules import Schedule, make_schedule
+from difflab.paths import atomic_path
+from difflab.schedules import Schedule, schedule_from_config
+from difflab.tasks.base import SampleRequest, Samples, Section
+from difflab.tasks.gaussian import GaussianRunBase, algorithm1, load_network
 
-FLOOR_SAMPLES = 32768  # samples of the exact denoiser's bound (standard error about 1 / sqrt of this)
-FLOOR_SEED = 1  # the floor's samples are independent of the model's (seed 0 by default)
+MIXTURE_POINTS = 2000  # samples in the report's scatter plots
+MIXTURE_BOUND_SAMPLES = 2048  # samples of the report's bound against the entropy
 
 
 def build_mlp(cfg: Config, data_dim: int) -> ResidualMLP:
@@ -50,165 +42,148 @@ def build_mlp(cfg: Config, data_dim: int) -> ResidualMLP:
 class Toy2DTask:
     """Unconditional diffusion on a Gaussian mixture; every batch is a fresh draw from p."""
 
+    name = "toy2d"
+
     def __init__(self, cfg: Config) -> None:
         self.mixture: GaussianMixture = load_mixture(cfg.data.name)
-        self.config = cfg
-        self.schedule: Schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+        self.config = replace(cfg, task=self.name)
+        self.schedule: Schedule = schedule_from_config(cfg.diffusion)
         self.device = torch.device("cpu")
 
     def to(self, device: torch.device) -> None:
         """Draw batches on the training device."""
         self.device = device
 
+    def run_files(self) -> dict[str, str]:
+        return {}
+
+    def preview(self, model: nn.Module) -> None:
+        return None
+
     def build_model(self) -> nn.Module:
         return build_mlp(self.config, self.mixture.dim)
 
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """A fresh batch x0 (B, D) from the mixture drawn with ``generator``; no condition."""
+        return self.mixture.sample(batch_size, generator, self.device), {}
+
     def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor:
         """Algorithm 1 on a fresh batch from the mixture drawn with ``generator``."""
-        x0 = self.mixture.sample(batch_size, generator, self.device)  # (B, D)
-        dc = self.config.diffusion
-        return diffusion_loss(model, x0, self.schedule, prediction=dc.prediction, weighting=dc.weighting,
-                              min_snr_gamma=dc.min_snr_gamma, generator=generator)
+        x0, cond = self.batch(batch_size, generator)
+        return algorithm1(model, x0, cond, self.schedule, self.config, generator)
 
 
-def load_toy_denoiser(run: str | Path, ckpt: Path | None = None, ema: bool = True) -> tuple[Config, NetworkDenoiser]:
-    """The denoiser of a mixture run at checkpoint ``ckpt`` (default: the newest), on the CPU.
+class Toy2DRun(GaussianRunBase):
+    """A trained mixture run: unconditional points (n, D)."""
 
-    Returns:
-        (the run's config, ``denoiser(x_t, t, cond) -> x0_hat``).
-    """
-    cfg = io.read_run_config(run)
-    ckpt = ckpt or io.require_checkpoint(run)
-    model = build_mlp(cfg, load_mixture(cfg.data.name).dim)
-    io.load_weights(model, ckpt / (io.EMA_FILE if ema else io.MODEL_FILE))
-    model.eval().requires_grad_(False)
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-    return cfg, NetworkDenoiser(model, schedule, cfg.diffusion.prediction)
+    task = "toy2d"
 
-
-@dataclass(frozen=True)
-class ElboOptions:
-    """How :func:`elbo_gaps` evaluates the bound."""
-
-    variance: str = "beta"  # sigma_t^2 of the reverse process: beta | beta_tilde (see the module notes)
-    timesteps: int | None = 50  # K stratified step terms per sample after the head; None = all T-1 exactly
-    exact_steps: int = 50  # the head: the first (largest, fastest-changing) step terms, summed exactly
-    batch_size: int = 4096  # samples per elbo_terms call
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A Monte Carlo mean and its standard error, nats per sample."""
-
-    mean: float
-    se: float
-    n: int
+    def __init__(self, folder: Path, config: Config, model: nn.Module, checkpoint: Path) -> None:
+        super().__init__(folder, config, model, checkpoint)
+        self.mixture = load_mixture(config.data.name)
 
     @classmethod
-    def of(cls, values: Tensor) -> Estimate:
-        """Mean and standard error of per-sample values (n,)."""
-        return cls(float(values.mean()), float(values.std() / math.sqrt(len(values))), len(values))
+    def load(cls, folder: Path, config: Config, device: torch.device | str = "cpu", *, ema: bool = True,
+             checkpoint: Path | None = None) -> Toy2DRun:
+        checkpoint = checkpoint or io.require_checkpoint(folder)
+        model = build_mlp(config, load_mixture(config.data.name).dim)
+        return cls(folder, config, load_network(model, checkpoint, ema, device), checkpoint)
+
+    def denoiser(self, guidance: float | None = None) -> Denoiser:
+        """The network as a denoiser, never clamped (mixture data are not in [-1, 1]) nor guided."""
+        return NetworkDenoiser(self.model, self.schedule, self.config.diffusion.prediction)
+
+    def sample(self, n: int, *, cond: Any = None, sampler: str | None = None, steps: int | None = None,
+               seed: int = 0, guidance: float | None = None, batch_size: int | None = None,
+               progress: bool = True, **options: Any) -> Samples:
+        """``n`` points float32 (n, D)."""
+        if cond is not None:
+            raise UserError("a 2-D mixture run is unconditional: sample it without a condition")
+        batches = self.draw(n, (self.mixture.dim,), lambda start, stop: None, sampler=sampler, steps=steps,
+                            seed=seed, batch_size=batch_size, progress=progress, unit="point", **options)
+        return Samples(torch.cat(batches).float().cpu().numpy())
+
+    def save(self, samples: Samples, out: Path) -> Path:
+        """``.npz`` (``points`` (n, D)) or ``.png`` (a scatter plot beside the data's)."""
+        out = Path(out)
+        if out.suffix == ".npz":
+            with atomic_path(out) as tmp, open(tmp, "wb") as f:
+                np.savez(f, points=samples.data)
+        elif out.suffix == ".png":
+            fig = scatter_figure([("samples", samples.data), ("data", self._data_points(0))])
+            with atomic_path(out) as tmp:
+                fig.savefig(tmp, format="png", dpi=report_html.PLOT_DPI, bbox_inches="tight")
+        else:
+            raise UserError(f"cannot write 2-D samples to {out}: use a .npz or .png file")
+        return out
+
+    def default_output(self, sampler: str, steps: int) -> Path:
+        return self.folder / "samples" / f"{sampler}-{steps}.png"
+
+    def _data_points(self, seed: int) -> np.ndarray:
+        return self.mixture.sample(MIXTURE_POINTS, generator=torch.Generator().manual_seed(seed)).numpy()
+
+    def metrics(self, samples: Samples, **_: Any) -> dict[str, Any]:
+        """The samples' mean negative log-density under the true mixture, beside its entropy H (equal for
+        a perfect model; a model that collapses onto the modes scores below H, one that spreads, above)."""
+        log_p = self.mixture.log_prob(torch.as_tensor(samples.data, dtype=torch.float64))
+        return {"data": self.config.data.name, "n": len(samples), "data_nll": float(-log_p.mean()),
+                "entropy": self.mixture.entropy()}
+
+    def report_sections(self) -> Sequence[Section]:
+        h = report_html
+        return (h.config_section, h.training_section, mixture_samples_section, mixture_bound_section,
+                h.environment_section)
+
+    def request(self, args: argparse.Namespace, n: int | None, default_n: int) -> SampleRequest:
+        return SampleRequest(n or MIXTURE_POINTS)
 
 
-@dataclass(frozen=True)
-class BoundCheck:
-    """A model's bound E[-ELBO] against the true entropy H, nats per sample (see :func:`bound_vs_entropy`)."""
+def load_toy_denoiser(run: str | Path, ckpt: Path | None = None, ema: bool = True) -> tuple[Config, Denoiser]:
+    """The config and the denoiser of a mixture run at checkpoint ``ckpt`` (default: the newest), on the CPU."""
+    from difflab.tasks import resolve
 
-    entropy: float  # H (grid integral, error < 1e-6)
-    bound: float  # H + floor + excess: the estimate of E[-ELBO]
-    gap: float  # bound - entropy = floor + excess
-    gap_se: float  # its standard error
-    floor: Estimate  # E[-ELBO] - H of the exact denoiser: the cost of T steps and fixed variances
-    excess: Estimate  # E[-ELBO(model) + ELBO(exact)] on common random numbers: the cost of the model's errors
-    direct: Estimate  # mean(-ELBO(x_i) + log p(x_i)) of the model alone (unbiased, noisier)
-    prior: float  # the model's mean prior term KL(q(x_T | x_0) || N(0, I))
-    kl: float  # its mean sum over t of the step terms
-    decoder: float  # its mean -log p(x_0 | x_1)
+    cfg = resolve(io.read_run_config(run))
+    loaded = Toy2DRun.load(Path(run), cfg, ema=ema, checkpoint=ckpt)
+    return cfg, loaded.denoiser()
 
 
-@torch.inference_mode()
-def elbo_gaps(denoiser: Denoiser, mixture: GaussianMixture, schedule: Schedule, *, n: int,
-              options: ElboOptions = ElboOptions(), seed: int = 0) -> tuple[Tensor, dict[str, float]]:
-    """Per-sample -ELBO(x_i) + log p(x_i) over x_i ~ p, whose mean estimates E[-ELBO] - H.
-
-    Every random number (samples, timesteps, forward noise) comes from one generator seeded
-    with ``seed``, so two denoisers evaluated with the same arguments see the same ones.
-
-    Args:
-        denoiser: the model, in the denoiser contract.
-        mixture: the data distribution p (its samples and exact log-density).
-        schedule: the schedule the denoiser was trained with.
-        n: samples x_i ~ p.
-        options: the reverse variance and which step terms to evaluate: the first
-            ``exact_steps`` exactly and ``timesteps`` strata of the rest (:func:`head_and_strata`,
-            drawn independently for every sample: an unbiased estimate of the sum over t), or
-            all T-1 exactly when ``timesteps`` is None.
-
-    Returns:
-        (gaps (n,) float64, the mean ``prior``, ``kl`` (summed over t) and ``decoder`` terms).
-    """
-    o = options
-    generator = torch.Generator().manual_seed(seed)
-    gaps, prior, kl, decoder = [], [], [], []
-    for start in range(0, n, o.batch_size):
-        x0 = mixture.sample(min(o.batch_size, n - start), generator).double()  # (B, D)
-        ts, ws = (head_and_strata(schedule.T, o.exact_steps, o.timesteps, generator, len(x0)) if o.timesteps
-                  else (None, None))
-        terms = elbo_terms(denoiser, x0, schedule, variance=o.variance, decoder="gaussian", timesteps=ts,
-                           weights=ws, generator=generator)
-        gaps.append(terms.total() + mixture.log_prob(x0))  # (B,)
-        prior.append(terms.prior)
-        kl.append((terms.kl * terms.weights).sum(-1))
-        decoder.append(terms.decoder)
-    means = {name: float(torch.cat(v).mean()) for name, v in (("prior", prior), ("kl", kl), ("decoder", decoder))}
-    return torch.cat(gaps), means
+# -- report sections -------------------------------------------------------------------------------
+def scatter_figure(panels: Sequence[tuple[str, np.ndarray]]) -> Any:
+    """Side-by-side scatter plots of (title, points (N, 2)), on the extent of the last panel (the data's)."""
+    fig, axes = report_html._figure(len(panels))
+    lim = 1.2 * float(np.abs(panels[-1][1]).max())
+    for ax, (title, x) in zip(axes, panels):
+        ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4)
+        ax.set(title=title, xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+    return fig
 
 
-def exact_floor(mixture: GaussianMixture, schedule: Schedule, *, n: int = FLOOR_SAMPLES,
-                options: ElboOptions = ElboOptions(), seed: int = FLOOR_SEED) -> Estimate:
-    """E[-ELBO] - H of the exact denoiser E[x_0 | x_t] (:func:`mixture_denoiser`), >= 0.
+def mixture_samples_section(ctx: Any) -> tuple[str, str]:
+    """Scatter plots of model samples per (sampler, steps) beside samples of the true mixture."""
+    run: Toy2DRun = ctx.loaded
+    panels = [(f"{sampler}, {steps} steps", run.sample(MIXTURE_POINTS, sampler=sampler, steps=steps,
+                                                       seed=ctx.seed, progress=False).data)
+              for sampler, steps in ctx.grids]
+    fig = scatter_figure([*panels, ("data", run._data_points(ctx.seed))])
+    note = f"{MIXTURE_POINTS} points each, checkpoint step {ctx.checkpoint_step} (EMA weights), seed {ctx.seed}"
+    return "Samples", f'<p class="note">{html.escape(note)}</p>' + report_html._img(
+        report_html.figure_data_uri(fig), "samples")
 
-    The best any network can reach with this schedule, T and reverse variance; arguments as
-    :func:`elbo_gaps`. Cheap (no network), so it affords many samples.
-    """
-    gaps, _ = elbo_gaps(mixture_denoiser(mixture, schedule), mixture, schedule, n=n, options=options, seed=seed)
-    return Estimate.of(gaps)
+
+def mixture_bound_section(ctx: Any) -> tuple[str, str]:
+    """The variational bound of the run against the mixture's exact entropy (nats per sample)."""
+    run: Toy2DRun = ctx.loaded
+    c = bound_vs_entropy(run.denoiser(), run.mixture, run.schedule, n=MIXTURE_BOUND_SAMPLES, seed=ctx.seed)
+    f = report_html._fmt
+    rows = [["true entropy H", f(c.entropy)], ["bound (-ELBO)", f(c.bound)],
+            ["bound - H", f"{f(c.gap)} ± {f(c.gap_se)}"],
+            ["of which the exact denoiser's floor", f"{f(c.floor.mean)} ± {f(c.floor.se)}"],
+            ["of which the network's excess", f"{f(c.excess.mean)} ± {f(c.excess.se)}"]]
+    note = f"{MIXTURE_BOUND_SAMPLES} samples (bench/known_density.py measures with more)"
+    return "Bound against the true entropy", f'<p class="note">{note}</p>' + report_html._table(
+        ["nats", "value"], rows, (1,))
 
 
-def bound_vs_entropy(denoiser: Denoiser, mixture: GaussianMixture, schedule: Schedule, *, n: int = 4096,
-                     options: ElboOptions = ElboOptions(), floor: Estimate | None = None,
-                     seed: int = 0) -> BoundCheck:
-    """Measure a denoiser's variational bound on mixture data against the mixture's entropy H.
-
-    bound - H = floor + excess, estimated separately (both unbiased):
-
-    * floor = E[-ELBO(exact)] - H: the bound of the exact denoiser, from many cheap samples
-      (:func:`exact_floor`, or ``floor`` when given: compute it once for many checkpoints);
-    * excess = E[-ELBO(model) + ELBO(exact)], from ``n`` samples on common random numbers:
-      the same x_i, timesteps and noise for both, so the noise of the terms (the decoder's
-      alone has a standard deviation of about 1 nat per sample) cancels in the difference.
-      Each step term's expectation is smallest at the exact E[x_0 | x_t], so excess >= 0.
-
-    Both use the control variate log p(x_i): E[-log p] = H exactly, and -ELBO(x) follows
-    -log p(x) from sample to sample.
-
-    Args:
-        denoiser: the model, in the denoiser contract.
-        mixture: the data distribution p.
-        schedule: the schedule the denoiser was trained with.
-        n: samples for the excess (network evaluations: n times the timesteps per sample).
-        options: how to evaluate the bound (:class:`ElboOptions`).
-        floor: a precomputed :func:`exact_floor` with the same ``options``; None computes it.
-        seed: seeds the excess's samples.
-
-    Returns:
-        The :class:`BoundCheck`, nats per sample.
-    """
-    floor = floor or exact_floor(mixture, schedule, options=options)
-    model, means = elbo_gaps(denoiser, mixture, schedule, n=n, options=options, seed=seed)
-    exact, _ = elbo_gaps(mixture_denoiser(mixture, schedule), mixture, schedule, n=n, options=options, seed=seed)
-    excess = Estimate.of(model - exact)
-    entropy = mixture.entropy()
-    gap = floor.mean + excess.mean
-    return BoundCheck(entropy=entropy, bound=entropy + gap, gap=gap, gap_se=math.hypot(floor.se, excess.se),
-                      floor=floor, excess=excess, direct=Estimate.of(model), **means)
+TASK = Toy2DTask
+RUN = Toy2DRun
