@@ -53,22 +53,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from difflab import io
 from difflab.config import Config, DistillConfig, apply_overrides
-from difflab.data.mixture import MIXTURES
-from difflab.denoisers import Cond, NetworkDenoiser, classifier_free_guidance, eps_from_x0, prediction_target
+from difflab.denoisers import Cond, eps_from_x0, prediction_target
 from difflab.errors import UserError
-from difflab.losses import truncated_snr_weight
+from difflab.losses import per_sample_mse, truncated_snr_weight
 from difflab.samplers.common import with_clean
 from difflab.samplers.ddim import ddim_step
 from difflab.samplers.dpm_solver import dpmpp_2m_trajectory, dpmpp_2s_step
-from difflab.schedules import CLEAN_T, Schedule, _expand, logsnr_spaced, step_grid
-from difflab.tasks import build_task
-from difflab.tasks.image import load_image_model
-from difflab.tasks.text_to_image import is_text_to_image
+from difflab.schedules import CLEAN_T, Schedule, append_dims, logsnr_spaced, step_grid
+from difflab.tasks import gaussian_run, gaussian_task
 from difflab.train import train
 
 GRID = "trailing-fractional"  # the nested time grids of students and teachers
@@ -104,7 +102,7 @@ def distillation_target(z_t: Tensor, z_s: Tensor, alpha_bar_t: Tensor, alpha_bar
     """
     ratio = ((1 - alpha_bar_s) / (1 - alpha_bar_t)).sqrt()  # (B,) sigma_t'' / sigma_t
     denominator = alpha_bar_s.sqrt() - ratio * alpha_bar_t.sqrt()  # (B,)
-    return (z_s - _expand(ratio, z_t) * z_t) / _expand(denominator, z_t)
+    return (z_s - append_dims(ratio, z_t) * z_t) / append_dims(denominator, z_t)
 
 
 def teacher_grid(schedule: Schedule, steps: int, solver: str = "ddim", substeps: int = 2) -> Tensor:
@@ -180,17 +178,16 @@ class DistillTask:
     """
 
     def __init__(self, config: Config, teacher: str | Path, first_round: bool = True) -> None:
-        self.base = build_task(config)  # ImageTask or TextToImageTask: batches and the network
+        self.base = gaussian_task(config)  # batches and the network of the run's own kind
         self.config: Config = self.base.config
         self.schedule: Schedule = self.base.schedule
         self.steps = self.config.distill.steps
         d = self.config.distill
         solver, substeps = (d.teacher_solver, d.teacher_substeps) if first_round else LATER_ROUNDS
         check_teacher_solver(solver, substeps)
-        teacher_cfg, self.teacher_net = load_image_model(teacher)
-        self.teacher = classifier_free_guidance(
-            NetworkDenoiser(self.teacher_net, self.schedule, teacher_cfg.diffusion.prediction,
-                            clip_x0=teacher_cfg.sample.clip_x0), d.guidance if first_round else 1.0)
+        teacher_run = gaussian_run(teacher)
+        self.teacher_net = teacher_run.model
+        self.teacher = teacher_run.denoiser(d.guidance if first_round else 1.0)
         self.trajectory = solver == TRAJECTORY
         if self.trajectory:  # teacher's times (M,), positions of the student's among its states (N + 1)
             self.times, self.index = trajectory_grid(self.schedule, self.steps, d.teacher_steps)
@@ -210,7 +207,11 @@ class DistillTask:
 
     def run_files(self) -> dict[str, str]:
         """The base task's files (a scratch encoder's vocabulary), so the student loads on its own."""
-        return getattr(self.base, "run_files", dict)()
+        return self.base.run_files()
+
+    def preview(self, model: nn.Module) -> np.ndarray | None:
+        """The base task's preview of the student."""
+        return self.base.preview(model)
 
     def build_model(self) -> nn.Module:
         """The student, initialised with the teacher's weights."""
@@ -262,10 +263,10 @@ class DistillTask:
         """The student's squared error against the target x_tilde in its own parameterisation, weighted
         by :func:`difflab.losses.truncated_snr_weight`. z_t: (B, ...); t, alpha_bar_t: (B,) float64."""
         prediction = self.config.diffusion.prediction
-        alpha_bar = _expand(alpha_bar_t, z_t)
+        alpha_bar = append_dims(alpha_bar_t, z_t)
         target = prediction_target(prediction, x_tilde, eps_from_x0(z_t, x_tilde, alpha_bar), alpha_bar)
         out = model(z_t, t.float(), **cond)
-        per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(1)  # (B,)
+        per_sample = per_sample_mse(out, target)  # (B,)
         snr = (alpha_bar_t / (1 - alpha_bar_t)).float()
         return (per_sample * truncated_snr_weight(snr, prediction)).mean()
 
@@ -323,17 +324,6 @@ def split_minutes(plan: Sequence[int], minutes: float) -> list[float]:
         return [minutes]
     rest = minutes * (1 - FIRST_ROUND_SHARE) / (len(plan) - 1)
     return [minutes * FIRST_ROUND_SHARE] + [rest] * (len(plan) - 1)
-
-
-def read_teacher(run: str | Path) -> Config:
-    """The config of a trained image diffusion run; a one-line error for anything else."""
-    cfg = io.read_run_config(run)
-    kind = "CLIP" if cfg.task == "clip" else f"2-D mixture ({cfg.data.name})" if cfg.data.name in MIXTURES else None
-    if kind:
-        raise UserError(f"{run} is a {kind} run, not an image diffusion run: pass the --out folder of "
-                        f"`difflab train` on images")
-    io.require_checkpoint(run)
-    return cfg
 
 
 def student_config(teacher_cfg: Config, distill: DistillConfig, overrides: Sequence[str] = ()) -> Config:
@@ -400,7 +390,8 @@ def distill(run: str | Path, steps: int, *, out: str | Path | None = None, teach
     """
     run = Path(run).resolve()
     out = Path(out) if out is not None else run / "distill"
-    teacher_cfg = read_teacher(run)
+    teacher = gaussian_run(run)
+    teacher_cfg = teacher.config
     teacher_solver = teacher_solver or DEFAULT_SOLVER
     check_teacher_solver(teacher_solver, teacher_substeps)
     if teacher_solver == TRAJECTORY:  # one round
@@ -411,7 +402,8 @@ def distill(run: str | Path, steps: int, *, out: str | Path | None = None, teach
         substeps = teacher_substeps or DEFAULT_SUBSTEPS[teacher_solver]
         teacher_steps = substeps * max(steps, FIRST_STEPS) if teacher_steps is None else teacher_steps
         plan = plan_rounds(teacher_steps, steps, teacher_cfg.diffusion.timesteps, substeps)
-    conditional = teacher_cfg.model.num_classes > 0 or is_text_to_image(teacher_cfg)
+    conditional = teacher.conditional
+    del teacher  # each round loads its own teacher
     first = DistillConfig(teacher=str(run), teacher_steps=teacher_steps, teacher_solver=teacher_solver,
                           teacher_substeps=substeps, guidance=teacher_cfg.sample.guidance if conditional else 1.0)
     budgets = [round_minutes] * len(plan) if round_minutes else split_minutes(plan, minutes)
