@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from difflab import io  # noqa: E402
 from difflab.config import load_config  # noqa: E402
 from difflab.data.mixture import load_mixture  # noqa: E402
-from difflab.schedules import make_schedule  # noqa: E402
+from difflab.schedules import schedule_from_config  # noqa: E402
 from difflab.tasks.toy2d import ElboOptions, Toy2DTask, bound_vs_entropy, exact_floor, load_toy_denoiser  # noqa: E402
 from difflab.train import train  # noqa: E402
 
@@ -67,7 +67,7 @@ def main() -> None:
     torch.set_num_threads(1)
     train_s = ensure_trained(cfg, out)
     mixture = load_mixture(cfg.data.name)
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    schedule = schedule_from_config(cfg.diffusion)
     options = ElboOptions(variance=args.variance, timesteps=args.timesteps or None, exact_steps=args.exact_steps)
     t0 = time.perf_counter()
     floor = exact_floor(mixture, schedule, n=args.floor_n, options=options)

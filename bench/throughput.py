@@ -17,7 +17,7 @@ import torch
 
 from difflab.config import load_config
 from difflab.losses import diffusion_loss
-from difflab.schedules import make_schedule
+from difflab.schedules import schedule_from_config
 from difflab.tasks.image import build_unet
 
 CONFIG = "configs/fashion_mnist.yaml"
@@ -34,7 +34,7 @@ def images_per_second(batch: int, iters: int, channels_last: bool = False, bf16:
     model = model.to(memory_format=memory_format)
     net = torch.compile(model) if compile else model
     opt = torch.optim.AdamW(model.parameters(), cfg.train.lr)
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    schedule = schedule_from_config(cfg.diffusion)
     x0 = torch.randn(batch, 1, 28, 28).contiguous(memory_format=memory_format)  # (B, C, H, W)
 
     def step() -> None:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from difflab.denoisers import Cond, Denoiser
-from difflab.schedules import Schedule
+from difflab.schedules import Schedule, append_dims
 
 
 def _eigh(cov: Tensor) -> tuple[Tensor, Tensor]:
@@ -69,7 +69,7 @@ def gaussian_denoiser(mean: Tensor, cov: Tensor, schedule: Schedule) -> Denoiser
         x = x_t.reshape(len(x_t), -1)  # (B, D)
         m, s2, u = (v.to(x.device, x.dtype) for v in (mean64, variances, U))
         shared = bool((t == t[0]).all())  # samplers call with one time for the whole batch
-        alpha_bar = schedule.alpha_bar_at(t[:1] if shared else t).to(x.device, x.dtype)[:, None]  # (B or 1, 1)
+        alpha_bar = append_dims(schedule.alpha_bar_at(t[:1] if shared else t).to(x.device), x)  # (B or 1, 1)
         gain = alpha_bar.sqrt() * s2 / (alpha_bar * s2 + 1 - alpha_bar)  # (B or 1, D)
         if shared:  # one matrix M = sqrt(ab) Sigma_0 (ab Sigma_0 + (1 - ab) I)^{-1}, one fused matmul
             M = (u * gain) @ u.T  # (D, D)

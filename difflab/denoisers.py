@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from difflab.errors import UserError
-from difflab.schedules import Schedule, _expand
+from difflab.schedules import Schedule, append_dims
 
 Prediction = Literal["eps", "x0", "v"]
 PREDICTIONS = ("eps", "x0", "v")
@@ -91,7 +91,7 @@ class NetworkDenoiser:
     def __call__(self, x_t: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
         net_dtype = next(self.net.parameters()).dtype if isinstance(self.net, nn.Module) else x_t.dtype
         out = self.net(x_t.to(net_dtype), t.to(net_dtype), **(cond or {})).to(x_t.dtype)
-        alpha_bar = _expand(self.schedule.alpha_bar_at(t), x_t)
+        alpha_bar = append_dims(self.schedule.alpha_bar_at(t), x_t)
         x0_hat = x0_from_prediction(self.prediction, out, x_t, alpha_bar)
         return x0_hat.clamp(-1, 1) if self.clip_x0 else x0_hat
 

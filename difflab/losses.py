@@ -25,7 +25,7 @@ from torch import Tensor
 
 from difflab.denoisers import Prediction, check_prediction, prediction_target
 from difflab.errors import UserError
-from difflab.schedules import Schedule, _expand
+from difflab.schedules import Schedule, append_dims
 
 WEIGHTINGS = ("simple", "min-snr")
 
@@ -51,6 +51,11 @@ def truncated_snr_weight(snr: Tensor, prediction: Prediction) -> Tensor:
         return torch.ones_like(snr)
     truncated = snr.clamp(min=1)
     return truncated / snr if prediction == "eps" else truncated
+
+
+def per_sample_mse(out: Tensor, target: Tensor) -> Tensor:
+    """(B,) mean squared error of each sample of a batch (B, ...), in float32."""
+    return (out.float() - target.float()).pow(2).flatten(1).mean(1)
 
 
 def diffusion_loss(
@@ -81,11 +86,11 @@ def diffusion_loss(
     t = torch.randint(0, schedule.T, (B,), device=x0.device, generator=generator)
     eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     alpha_bar_t = schedule.alpha_bar.to(x0.device)[t]  # (B,) float64
-    alpha_bar = _expand(alpha_bar_t, x0)
+    alpha_bar = append_dims(alpha_bar_t, x0)
     x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
     target = prediction_target(prediction, x0, eps, alpha_bar)
     out = net(x_t, t.float())
-    per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(1)  # (B,)
+    per_sample = per_sample_mse(out, target)  # (B,)
     if weighting == "min-snr":
         snr = (alpha_bar_t / (1 - alpha_bar_t)).float()
         per_sample = per_sample * min_snr_weight(snr, min_snr_gamma, prediction)

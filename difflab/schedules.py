@@ -14,6 +14,11 @@ symbol          meaning
 ``beta_tilde``  posterior variance (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t
 ==============  =====================================================================
 
+The linear schedule runs beta evenly from ``beta_start`` to ``beta_end`` (config keys
+``diffusion.beta_start`` / ``beta_end``, used as given: DiffWave's T = 50 from 1e-4 to 0.05);
+without them from DDPM's 1e-4 to 0.02 scaled by 1000 / T (Nichol & Dhariwal 2021, Sec. 3.2),
+which keeps alpha_bar_T near 0 for any T (4.0e-5 at T = 1000, 2.0e-5 at T = 100).
+
 Time index convention: code uses t = 0 .. T-1 (the paper's t = 1 .. T). Samplers may
 ask for fractional t (Karras grids); sigma is then interpolated linearly in log sigma
 between the integer steps, as k-diffusion does. The special time ``CLEAN_T = -1`` means
@@ -28,19 +33,22 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from difflab.config import DiffusionConfig
 from difflab.errors import UserError
 
 CLEAN_T = -1.0  # the time of clean data: alpha_bar = 1, sigma = 0
 SCHEDULES = ("linear", "cosine")
 GRIDS = ("trailing", "trailing-fractional", "leading", "linspace", "karras", "edm", "edm-open", "logsnr", "uniform")
+DDPM_BETA_START = 1e-4  # Ho et al. 2020, Sec. 4: the linear schedule's beta_1 at T = 1000
+DDPM_BETA_END = 0.02  # and its beta_T
 COSINE_S = 0.008  # Nichol & Dhariwal 2021, eq. 17 offset
 COSINE_MAX_BETA = 0.999  # Nichol & Dhariwal 2021: betas clipped to avoid a singularity at t = T
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5
 EDM_SIGMA_MAX = 80.0  # Karras et al. 2022, Table 1: sigma_max of every sampler there, VP included
 
 
-def linear_betas(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
-    """DDPM's linear schedule (Ho et al. 2020, Sec. 4): beta from 1e-4 to 0.02 over T=1000."""
+def linear_betas(T: int = 1000, beta_start: float = DDPM_BETA_START, beta_end: float = DDPM_BETA_END) -> Tensor:
+    """The linear schedule of DDPM (Ho et al. 2020, Sec. 4): T betas evenly from beta_start to beta_end, (T,)."""
     return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
 
 
@@ -69,8 +77,19 @@ def posterior_coefficients(alpha_bar_t: Tensor, alpha_bar_s: Tensor) -> tuple[Te
     return c_x0, c_xt, beta_tilde
 
 
-def _expand(v: Tensor, like: Tensor) -> Tensor:
-    """Reshape per-sample values (B,) to broadcast over a batch (B, ...) in its dtype."""
+def append_dims(v: Tensor, like: Tensor) -> Tensor:
+    """Per-sample values (B,) reshaped to broadcast over a batch ``like`` (B, ...) of any rank, in its dtype.
+
+    k-diffusion's ``append_dims``: (B,) -> (B, 1, ..., 1) with ``like.dim()`` dimensions, so one line
+    serves (B, D), (B, C, L) and (B, C, H, W) alike. The device is left as it is.
+
+    Args:
+        v: (B,) values (or one value, which broadcasts over the batch too).
+        like: the batch (B, ...) whose rank and dtype the result takes.
+
+    Returns:
+        ``v`` in ``like.dtype``, shaped (B, 1, ..., 1).
+    """
     return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
 
@@ -141,12 +160,12 @@ class Schedule:
         Args:
             x0: clean data (B, ...). t: (B,) integer or float times. noise: eps like x0.
         """
-        alpha_bar = _expand(self.alpha_bar_at(t), x0)
+        alpha_bar = append_dims(self.alpha_bar_at(t), x0)
         return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
 
     def q_step(self, x_prev: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """One forward step q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I); t integer (B,)."""
-        beta = _expand(self.betas[t.long().cpu()].to(x_prev.device), x_prev)
+        beta = append_dims(self.betas[t.long().cpu()].to(x_prev.device), x_prev)
         return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise
 
     def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -160,21 +179,54 @@ class Schedule:
         alpha_bar_s = torch.where(t_long > 0, self.alpha_bar[(t_long - 1).clamp(min=0)],
                                   torch.ones_like(alpha_bar_t))
         c_x0, c_xt, beta_tilde = posterior_coefficients(alpha_bar_t, alpha_bar_s)
-        c_x0, c_xt = (_expand(c.to(x_t.device), x_t) for c in (c_x0, c_xt))
-        return c_x0 * x0 + c_xt * x_t, _expand(beta_tilde.to(x_t.device), x_t)
+        c_x0, c_xt = (append_dims(c.to(x_t.device), x_t) for c in (c_x0, c_xt))
+        return c_x0 * x0 + c_xt * x_t, append_dims(beta_tilde.to(x_t.device), x_t)
 
 
-def make_schedule(name: str = "linear", T: int = 1000) -> Schedule:
-    """Build a named schedule: ``linear`` (DDPM) or ``cosine`` (improved DDPM)."""
+def _linear_range(T: int, beta_start: float | None, beta_end: float | None) -> tuple[float, float]:
+    """The linear schedule's (beta_1, beta_T): as given, or DDPM's range scaled by 1000 / T when both are None."""
+    if beta_start is None and beta_end is None:
+        # DDPM's endpoints are for T = 1000; scale them for other T (Nichol & Dhariwal 2021, Sec. 3.2)
+        scale = 1000 / T
+        return scale * DDPM_BETA_START, scale * DDPM_BETA_END
+    if beta_start is None or beta_end is None:
+        raise UserError(f"only one of diffusion.beta_start ({beta_start}) and beta_end ({beta_end}) is set: "
+                        f"set both, or neither for DDPM's range scaled to diffusion.timesteps")
+    if not 0 < beta_start <= beta_end < 1:
+        raise UserError(f"diffusion.beta_start={beta_start} and beta_end={beta_end} must satisfy "
+                        f"0 < beta_start <= beta_end < 1: e.g. beta_start=1e-4 beta_end=0.02")
+    return beta_start, beta_end
+
+
+def make_schedule(name: str = "linear", T: int = 1000, beta_start: float | None = None,
+                  beta_end: float | None = None) -> Schedule:
+    """Build a named schedule: ``linear`` (DDPM) or ``cosine`` (improved DDPM).
+
+    Args:
+        name: ``linear`` or ``cosine``.
+        T: number of diffusion steps (at least 2).
+        beta_start, beta_end: the linear schedule's beta_1 and beta_T, used as given (DiffWave's
+            T = 50 from 1e-4 to 0.05, say); None for both = DDPM's 1e-4 .. 0.02 scaled by 1000 / T.
+            The cosine schedule takes neither.
+
+    Returns:
+        The :class:`Schedule`.
+    """
     if T < 2:
         raise UserError(f"diffusion.timesteps must be at least 2, got {T}: set diffusion.timesteps=1000")
     if name == "linear":
-        # DDPM's endpoints are for T = 1000; scale them for other T (Nichol & Dhariwal 2021, Sec. 3.2)
-        scale = 1000 / T
-        return Schedule(name, linear_betas(T, scale * 1e-4, scale * 0.02))
+        return Schedule(name, linear_betas(T, *_linear_range(T, beta_start, beta_end)))
     if name == "cosine":
+        if beta_start is not None or beta_end is not None:
+            raise UserError(f"diffusion.beta_start={beta_start} and beta_end={beta_end} apply to the linear schedule "
+                            f"only: remove them, or set diffusion.schedule=linear")
         return Schedule(name, cosine_betas(T))
     raise UserError(f"unknown noise schedule {name!r}: use one of {', '.join(SCHEDULES)}")
+
+
+def schedule_from_config(d: DiffusionConfig) -> Schedule:
+    """The schedule a run's ``diffusion`` config section describes (:func:`make_schedule`)."""
+    return make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end)
 
 
 # -- sampling step grids -----------------------------------------------------------------

@@ -23,7 +23,7 @@ from difflab.samplers import ddim, sample
 from difflab.samplers.common import with_clean
 from difflab.samplers.ddim import ddim_step
 from difflab.samplers.dpm_solver import dpmpp_2m, dpmpp_2m_trajectory, dpmpp_2s_step
-from difflab.schedules import CLEAN_T, _expand, make_schedule, step_grid
+from difflab.schedules import CLEAN_T, append_dims, make_schedule, step_grid
 from difflab.tasks.image import ImageTask, generate, load_image_model
 from difflab.tasks.text_to_image import TOKENIZER_FILE, TextToImageTask
 from difflab.train import train
@@ -58,7 +58,7 @@ def test_target_is_two_teacher_steps_in_one(t, t1, t2):
     z_2 = ddim_step(teacher, ddim_step(teacher, z_t, _times(t), _times(t1), schedule), _times(t1), _times(t2), schedule)
     alpha_bar_t = schedule.alpha_bar_at(_times(t))
     x_tilde = distillation_target(z_t, z_2, alpha_bar_t, schedule.alpha_bar_at(_times(t2)))
-    one_step = schedule.q_sample(x_tilde, _times(t2), eps_from_x0(z_t, x_tilde, _expand(alpha_bar_t, z_t)))
+    one_step = schedule.q_sample(x_tilde, _times(t2), eps_from_x0(z_t, x_tilde, append_dims(alpha_bar_t, z_t)))
     torch.testing.assert_close(one_step, z_2, rtol=1e-9, atol=1e-9)
     if t2 == CLEAN_T:
         torch.testing.assert_close(x_tilde, z_2, rtol=0, atol=0)

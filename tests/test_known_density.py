@@ -17,7 +17,7 @@ from difflab.data.mixture import GaussianMixture, load_mixture, mixture_denoiser
 from difflab.denoisers import NetworkDenoiser
 from difflab.errors import UserError
 from difflab.models.mlp import ResidualMLP
-from difflab.schedules import make_schedule
+from difflab.schedules import make_schedule, schedule_from_config
 from difflab.tasks import build_task
 from difflab.tasks.toy2d import BoundCheck, Toy2DTask, bound_vs_entropy, exact_floor, load_toy_denoiser
 from difflab.train import train
@@ -103,7 +103,7 @@ def shipped_run(tmp_path_factory: pytest.TempPathFactory, mixture: GaussianMixtu
     cfg = load_config(CONFIG)
     run = tmp_path_factory.mktemp("mixture2d") / "run"
     train(Toy2DTask(cfg), run, progress=False)
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    schedule = schedule_from_config(cfg.diffusion)
     floor = exact_floor(mixture, schedule)
     every = cfg.train.checkpoint_every
     steps = {round(f * cfg.train.max_steps / every) * every for f in BUDGET_FRACTIONS}
@@ -115,7 +115,7 @@ def shipped_run(tmp_path_factory: pytest.TempPathFactory, mixture: GaussianMixtu
 def test_exact_denoiser_bound_is_above_the_entropy(mixture):
     """E[-ELBO] of the exact E[x_0 | x_t] is >= H (it is a model too), up to its standard error."""
     cfg = load_config(CONFIG)
-    floor = exact_floor(mixture, make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps), n=8192)
+    floor = exact_floor(mixture, schedule_from_config(cfg.diffusion), n=8192)
     assert floor.mean >= -SE_MARGIN * floor.se, floor
 
 

@@ -23,7 +23,7 @@ from difflab.analytic import gaussian_denoiser, gaussian_marginal, gaussian_ode_
 from difflab.denoisers import NetworkDenoiser  # noqa: E402
 from difflab.errors import UserError  # noqa: E402
 from difflab.samplers import DEFAULT_GRID, SAMPLERS, default_grid, sample  # noqa: E402
-from difflab.schedules import Schedule, make_schedule, step_grid  # noqa: E402
+from difflab.schedules import Schedule, append_dims, make_schedule, step_grid  # noqa: E402
 
 # diffusers' DPM-Solver calls np.array(tensor, copy=False) under numpy 2: noise, not a finding here
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -209,7 +209,7 @@ def fake_eps_model(x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
     nonlinear in x and t, 0.1 sqrt(ab) tanh(x / 2) cos(t / 300), which moves x0_hat by at most
     0.1: samples stay of order 1, so float32 rounding stays far below the 1e-5 tolerance.
     """
-    t = torch.as_tensor(t, device=x.device).reshape(-1, *[1] * (x.dim() - 1))  # (B or 1, 1, 1, 1)
+    t = append_dims(torch.as_tensor(t, device=x.device), x)  # (B or 1, 1, 1, 1), in x's dtype: integers stay exact
     alpha_bar = diffusers_schedule().alpha_bar.to(x.device, x.dtype)[t.long()]
     exact = (1 - alpha_bar).sqrt() * x / (FAKE_DATA_VAR * alpha_bar + 1 - alpha_bar)
     return exact + 0.1 * alpha_bar.sqrt() * torch.tanh(0.5 * x) * torch.cos(t.to(x.dtype) / 300)

@@ -14,10 +14,11 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # diffusers must not touch the network
 
+from difflab.config import DiffusionConfig, load_config  # noqa: E402
 from difflab.denoisers import PREDICTIONS, eps_from_x0, prediction_target, x0_from_prediction  # noqa: E402
 from difflab.errors import UserError  # noqa: E402
 from difflab.schedules import (COSINE_S, CLEAN_T, karras_sigmas, make_schedule, posterior_coefficients,  # noqa: E402
-                               step_grid)
+                               schedule_from_config, step_grid)
 
 # diffusers' DPM-Solver calls np.array(tensor, copy=False) under numpy 2: noise, not a finding here
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -148,6 +149,32 @@ def test_cosine_alpha_bar_is_its_formula():
 def test_linear_schedule_is_ddpm_and_scales_with_T():
     torch.testing.assert_close(make_schedule("linear", 1000).betas, torch.linspace(1e-4, 0.02, 1000, dtype=F64))
     torch.testing.assert_close(make_schedule("linear", 100).betas, torch.linspace(1e-3, 0.2, 100, dtype=F64))
+    for T in (1000, 100):  # a config without beta_start / beta_end: the numbers of before those keys
+        scale = 1000 / T
+        before = torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=F64)
+        assert torch.equal(schedule_from_config(DiffusionConfig(timesteps=T)).betas, before)
+
+
+def test_linear_schedule_takes_its_beta_range_from_the_config():
+    """DiffWave's 50 steps from 1e-4 to 0.05 (its params.py: np.linspace(1e-4, 0.05, 50)), as config keys: as given."""
+    cfg = load_config(None, ["diffusion.timesteps=50", "diffusion.beta_start=1e-4", "diffusion.beta_end=0.05"])
+    assert (cfg.diffusion.beta_start, cfg.diffusion.beta_end) == (1e-4, 0.05)
+    schedule = schedule_from_config(cfg.diffusion)
+    assert schedule.T == 50 and torch.equal(schedule.betas, torch.linspace(1e-4, 0.05, 50, dtype=F64))
+    assert torch.equal(make_schedule("linear", 1000, 1e-4, 0.02).betas, make_schedule("linear", 1000).betas)
+
+
+@pytest.mark.parametrize("name, beta_start, beta_end, words", [
+    ("cosine", 1e-4, 0.02, "linear schedule only"), ("cosine", None, 0.02, "linear schedule only"),
+    ("linear", 1e-4, None, "set both"), ("linear", None, 0.05, "set both"),
+    ("linear", 0.0, 0.02, "0 < beta_start <= beta_end < 1"), ("linear", -1e-4, 0.02, "0 < beta_start"),
+    ("linear", 0.05, 1e-4, "0 < beta_start"), ("linear", 1e-4, 1.0, "0 < beta_start"),
+    ("linear", float("nan"), 0.02, "0 < beta_start")])
+def test_bad_beta_ranges_are_one_line_user_errors(name, beta_start, beta_end, words):
+    with pytest.raises(UserError, match=words) as err:
+        schedule_from_config(DiffusionConfig(schedule=name, timesteps=50, beta_start=beta_start, beta_end=beta_end))
+    message = str(err.value)
+    assert "\n" not in message and ": " in message, message
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=IDS)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from difflab.errors import UserError
+from difflab.schedules import append_dims
 
 RESIZE_CHUNK = 4096  # images resized per interpolate call (bounds the float32 copy)
 
@@ -71,7 +72,7 @@ def random_flip(x: Tensor, generator: torch.Generator | None) -> Tensor:
     """
     device = generator.device if generator is not None else x.device
     flip = torch.rand(x.shape[0], generator=generator, device=device).to(x.device) < 0.5  # (B,)
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return torch.where(append_dims(flip, x).bool(), x.flip(-1), x)  # mask (B, 1, 1, 1), cast back from x's dtype
 
 
 def resize_uint8(images: Tensor, size: int) -> Tensor:

@@ -46,7 +46,7 @@ from difflab.denoisers import Cond, Denoiser, NetworkDenoiser
 from difflab.errors import UserError
 from difflab.samplers.common import randn_like
 from difflab.samplers.ddpm import VARIANCES
-from difflab.schedules import Schedule, _expand, make_schedule, posterior_coefficients
+from difflab.schedules import Schedule, append_dims, posterior_coefficients, schedule_from_config
 
 DECODERS = ("discretized", "gaussian")  # 8-bit images | continuous data
 PIXEL_LEVELS = 256  # values of an 8-bit pixel
@@ -164,9 +164,9 @@ def _step_log_variance(schedule: Schedule, t: Tensor, variance: str, like: Tenso
     """log sigma_t^2 of p(x_{t-1} | x_t) at integer indices t (B,) >= 1, broadcastable to ``like``."""
     t = t.cpu()
     if variance == "beta":
-        return _expand(schedule.betas[t].log().to(like.device), like)
+        return append_dims(schedule.betas[t].log().to(like.device), like)
     beta_tilde = posterior_coefficients(schedule.alpha_bar[t], schedule.alpha_bar[t - 1])[2]
-    return _expand(beta_tilde.log().to(like.device), like)
+    return append_dims(beta_tilde.log().to(like.device), like)
 
 
 def _noisy(x0: Tensor, t: Tensor, schedule: Schedule, generator: torch.Generator | None) -> Tensor:
@@ -384,7 +384,7 @@ def image_nll(cfg: Config, model: nn.Module, images_uint8: Tensor | np.ndarray, 
     labels = _check_labels(cfg, labels, len(images))
     variance = cfg.sample.variance if variance is None else variance
     _check_names(variance, "discretized")
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    schedule = schedule_from_config(cfg.diffusion)
     head = 0 if strata is None else exact_head
     edges = strata_edges(schedule.T - head, schedule.T - 1 if strata is None else strata) + head
     device = next(model.parameters()).device

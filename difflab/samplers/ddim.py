@@ -19,7 +19,7 @@ from torch import Tensor
 from difflab.denoisers import Cond, Denoiser, eps_from_x0
 from difflab.errors import UserError
 from difflab.samplers.common import check_timesteps, randn_like, steps_bar, take_options, time_batch, with_clean
-from difflab.schedules import Schedule, _expand
+from difflab.schedules import Schedule, append_dims
 
 
 def ddim(denoiser: Denoiser, x_T: Tensor, schedule: Schedule, timesteps: Tensor, *,
@@ -61,7 +61,7 @@ def ddim_update(x_t: Tensor, x0_hat: Tensor, t: Tensor, s: Tensor, schedule: Sch
     Args:
         x_t: (B, ...). x0_hat: (B, ...) an estimate of x_0. t, s: (B,) times, s < t; s may be ``CLEAN_T``.
     """
-    eps_hat = eps_from_x0(x_t, x0_hat, _expand(schedule.alpha_bar_at(t), x_t))
+    eps_hat = eps_from_x0(x_t, x0_hat, append_dims(schedule.alpha_bar_at(t), x_t))
     return schedule.q_sample(x0_hat, s, eps_hat)
 
 
