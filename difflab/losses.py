@@ -9,10 +9,6 @@ Min-SNR Weighting Strategy", eq. 8-9), which caps the weight of low-noise steps.
 snr = alpha_bar / (1 - alpha_bar), the weight on the x0-error is min(snr, gamma); divided by
 the factor each target already carries (snr for eps, snr + 1 for v, 1 for x0).
 Progressive distillation (Salimans & Ho 2022) weights it max(snr, 1) instead ("truncated SNR").
-
-Contrastive image-text loss of CLIP (Radford et al. 2021, "Learning Transferable Visual Models
-From Natural Language Supervision", Fig. 3): the symmetric InfoNCE over the cosine similarities
-of a batch of pairs, scaled by exp(t) with t = log(1 / temperature) learned.
 """
 
 from __future__ import annotations
@@ -20,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from difflab.denoisers import Prediction, check_prediction, prediction_target
@@ -95,31 +90,3 @@ def diffusion_loss(
         snr = (alpha_bar_t / (1 - alpha_bar_t)).float()
         per_sample = per_sample * min_snr_weight(snr, min_snr_gamma, prediction)
     return per_sample.mean()
-
-
-def clip_contrastive_loss(image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor,
-                          groups: Tensor | None = None) -> Tensor:
-    """Symmetric InfoNCE of CLIP (Radford et al. 2021, Fig. 3).
-
-    logits = exp(t) I_e T_e^T; the loss is the mean of the cross-entropies over rows (each image
-    picks its text) and over columns (each text picks its image).
-
-    Args:
-        image_embeds: I_e (B, E), unit vectors.
-        text_embeds: T_e (B, E), unit vectors; row i is the caption of image i.
-        logit_scale: t = log(1 / temperature), a scalar (the model clamps it).
-        groups: optional (B,) ids, equal for pairs with the same caption: such pairs are all
-            positives, with the target spread evenly over them (a batch drawn with replacement
-            may repeat a caption). None = the diagonal only, as in the paper.
-
-    Returns:
-        The scalar loss.
-    """
-    logits = logit_scale.exp() * image_embeds.float() @ text_embeds.float().T  # (B, B)
-    B = logits.shape[0]
-    if groups is None:
-        target = torch.arange(B, device=logits.device)
-    else:
-        positive = (groups[:, None] == groups[None, :]).float()  # (B, B), symmetric
-        target = positive / positive.sum(dim=1, keepdim=True)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

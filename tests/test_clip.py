@@ -15,11 +15,11 @@ from safetensors.torch import load_file
 from difflab import io
 from difflab.cli import main
 from difflab.config import TASKS, Config, apply_overrides, dump_config, load_config
+from difflab.contrastive import clip_contrastive_loss
 from difflab.errors import UserError
 from difflab.evaluate.clip_score import (clip_eval, clip_score, clip_score_from_embeddings, distinct_captions,
                                          embed_images, evaluate_clip_run, get_default_clip, retrieval_accuracy,
                                          retrieval_from_embeddings)
-from difflab.losses import clip_contrastive_loss
 from difflab.models.clip import MAX_LOGIT_SCALE, TOKENIZER_FILE, CLIPModel, load_clip
 from difflab.tasks import build_task
 from difflab.tasks import clip as clip_task
