@@ -211,8 +211,9 @@ def _device(name: str | None):
 DEFAULT_SAMPLES = 64  # difflab sample --n without prompts
 
 
-def _generate(args: argparse.Namespace, n: int | None, verb: str = "sample"):
-    """Load the run of ``args.run`` and sample what the command's flags ask for (``n`` = --n or None).
+def _generate(args: argparse.Namespace, n: int | None, verb: str = "sample", check=None):
+    """Load the run of ``args.run`` and sample what the command's flags ask for (``n`` = --n or None);
+    ``check(run)`` runs before sampling.
 
     Returns (run, samples).
     """
@@ -222,6 +223,8 @@ def _generate(args: argparse.Namespace, n: int | None, verb: str = "sample"):
 
     run = sampling_run(args.run, _device(args.device), verb=verb)
     _check_condition_flags(args, run)
+    if check is not None:
+        check(run)
     req = run.request(args, n, DEFAULT_SAMPLES)
     samples = run.sample(req.n, cond=req.cond, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                          seed=args.seed, batch_size=args.batch_size, eta=args.eta, variance=args.variance,
@@ -255,8 +258,9 @@ def cmd_fid(args: argparse.Namespace) -> None:
     if source.suffix == ".npz":
         fid, data, n = _npz_fid(source, args)
     else:
-        run, samples = _generate(args, args.n, verb="fid")
-        (fid, data), n = run.fid(samples, data=args.data, data_path=args.data_path, features=args.features), len(samples)
+        reference = {"data": args.data, "data_path": args.data_path, "features": args.features}
+        run, samples = _generate(args, args.n, verb="fid", check=lambda run: run.check_fid(**reference))
+        (fid, data), n = run.fid(samples, **reference), len(samples)
     print(f"FID {fid:.3f} ({n} samples vs {data})")
 
 

@@ -14,16 +14,15 @@ from safetensors.torch import load_file
 
 from difflab import io
 from difflab.cli import main
-from difflab.config import TASKS, Config, apply_overrides, dump_config, load_config
+from difflab.config import Config, apply_overrides, dump_config, load_config
 from difflab.contrastive import clip_contrastive_loss
 from difflab.errors import UserError
 from difflab.evaluate.clip_score import (clip_eval, clip_score, clip_score_from_embeddings, distinct_captions,
-                                         embed_images, evaluate_clip_run, get_default_clip, retrieval_accuracy,
-                                         retrieval_from_embeddings)
-from difflab.models.clip import MAX_LOGIT_SCALE, TOKENIZER_FILE, CLIPModel, load_clip
-from difflab.tasks import build_task
+                                         embed_images, retrieval_accuracy, retrieval_from_embeddings)
+from difflab.models.clip import MAX_LOGIT_SCALE, TOKENIZER_FILE, CLIPModel
+from difflab.tasks import TASKS, build_task
 from difflab.tasks import clip as clip_task
-from difflab.tasks.clip import ClipTask, clip_config
+from difflab.tasks.clip import ClipTask, clip_config, evaluate_clip_run, get_default_clip, load_clip
 from difflab.train import train
 
 from conftest import ROOT

@@ -7,6 +7,7 @@ import yaml
 
 from difflab.config import Config, apply_overrides, dump_config, from_dict, load_config, to_dict
 from difflab.errors import UserError
+from difflab.tasks import resolve
 
 from conftest import ROOT
 
@@ -49,4 +50,4 @@ def test_shipped_configs_load(name):
 
 def test_builtin_default_is_configs_digits():
     """`difflab demo` trains the built-in default; configs/digits.yaml spells it out."""
-    assert to_dict(load_config(ROOT / "configs" / "digits.yaml")) == to_dict(Config())
+    assert to_dict(load_config(ROOT / "configs" / "digits.yaml")) == to_dict(resolve(Config()))

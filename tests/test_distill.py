@@ -16,7 +16,7 @@ from difflab.cli import main
 from difflab.config import DistillConfig, apply_overrides, load_config
 from difflab.denoisers import eps_from_x0
 from difflab.distill import (GRID, TEACHER_SOLVERS, TRAJECTORY_GRID, DistillTask, distill, distillation_target,
-                             plan_rounds, read_teacher, split_minutes, student_config, teacher_grid, trajectory_grid,
+                             plan_rounds, split_minutes, student_config, teacher_grid, trajectory_grid,
                              trajectory_teacher_steps)
 from difflab.errors import UserError
 from difflab.samplers import ddim, sample
@@ -24,7 +24,8 @@ from difflab.samplers.common import with_clean
 from difflab.samplers.ddim import ddim_step
 from difflab.samplers.dpm_solver import dpmpp_2m, dpmpp_2m_trajectory, dpmpp_2s_step
 from difflab.schedules import CLEAN_T, append_dims, make_schedule, step_grid
-from difflab.tasks.image import ImageTask, generate, load_image_model
+from difflab.tasks import load_run
+from difflab.tasks.image import ImageTask
 from difflab.tasks.text_to_image import TOKENIZER_FILE, TextToImageTask
 from difflab.train import train
 
@@ -217,7 +218,8 @@ def test_one_round_learns_and_the_student_samples_alone(teacher, tmp_path):
     student = distill(teacher, 1, teacher_steps=4, teacher_solver="dpmpp-2s", teacher_substeps=4,
                       out=tmp_path / "out", max_steps=60, progress=False, overrides=[*QUICK, "train.lr=1e-3"])
     assert student == tmp_path / "out" / "steps-1"
-    cfg, model = load_image_model(student)
+    loaded = load_run(student)
+    cfg, model = loaded.config, loaded.model
     s, d = cfg.sample, cfg.distill
     assert (s.sampler, s.steps, s.grid, s.eta, s.guidance) == ("ddim", 1, "trailing", 0.0, 1.0)
     assert (d.teacher, d.teacher_steps, d.teacher_solver, d.teacher_substeps, d.steps, d.guidance) == \
@@ -225,7 +227,7 @@ def test_one_round_learns_and_the_student_samples_alone(teacher, tmp_path):
     assert (cfg.train.lr_decay, cfg.train.warmup_steps, cfg.model.cond_drop_prob) == ("cosine", 0, 0.0)
 
     task = DistillTask(cfg, teacher, first_round=True)
-    _, init = load_image_model(teacher)
+    init = load_run(teacher).model
     with torch.no_grad():
         before, after = (float(task.loss(m, 256, torch.Generator().manual_seed(1))) for m in (init, model))
     assert after < 0.7 * before, (before, after)
@@ -234,10 +236,12 @@ def test_one_round_learns_and_the_student_samples_alone(teacher, tmp_path):
     shutil.copytree(student, alone)
     teacher.rename(teacher.with_name("gone"))
     try:
-        cfg, model = load_image_model(alone)
+        loaded = load_run(alone)
+        cfg, model = loaded.config, loaded.model
         calls = []
         model.register_forward_hook(lambda *_: calls.append(1))
-        images, labels = generate(cfg, model, 4, progress=False)
+        out = loaded.sample(4, progress=False)
+        images, labels = out.data, out.conditions["labels"]
         assert images.shape == (4, 8, 8, 1) and labels.tolist() == [0, 1, 2, 3] and len(calls) == 1
         assert main(["sample", str(alone), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
     finally:
@@ -248,21 +252,22 @@ def test_trajectory_student_learns_and_samples_on_its_grid(teacher, tmp_path):
     """The default: trajectory distillation of the class-conditional run (guidance 2 built in) from 7 steps
     of dpmpp-2m on edm into a 2-step student that samples with ddim on the edm-open grid of 2 steps."""
     student = distill(teacher, 2, out=tmp_path / "out", max_steps=60, progress=False, overrides=QUICK)
-    cfg, model = load_image_model(student)
+    loaded = load_run(student)
+    cfg, model = loaded.config, loaded.model
     s, d = cfg.sample, cfg.distill
     assert (s.sampler, s.steps, s.grid, s.eta, s.guidance) == ("ddim", 2, TRAJECTORY_GRID, 0.0, 1.0)
     assert (d.teacher_steps, d.teacher_solver, d.teacher_substeps, d.steps, d.guidance) == (7, "dpmpp-2m", 3, 2, 2.0)
     assert cfg.train.lr == 1e-3 and io.read_metrics(student)[-1]["step"] == 60
 
     task = DistillTask(cfg, teacher, first_round=True)
-    _, init = load_image_model(teacher)
+    init = load_run(teacher).model
     with torch.no_grad():
         before, after = (float(task.loss(m, 256, torch.Generator().manual_seed(1))) for m in (init, model))
     assert after < 0.7 * before, (before, after)
 
     seen = []
     model.register_forward_pre_hook(lambda _, args: seen.append(float(args[1][0])))
-    generate(cfg, model, 2, progress=False)
+    loaded.sample(2, progress=False)
     assert seen == pytest.approx(step_grid(task.schedule, 2, TRAJECTORY_GRID).tolist(), abs=1e-4)  # float32 t
 
 
@@ -274,9 +279,10 @@ def test_text_conditional(tmp_path):
     train(TextToImageTask(apply_overrides(load_config(None), shapes)), run, progress=False)
     student = distill(run, 1, teacher_substeps=2, max_steps=2, overrides=QUICK, progress=False)  # 3 dpmpp-2m steps
     assert (student / TOKENIZER_FILE).read_text() == (run / TOKENIZER_FILE).read_text()
-    cfg, model = load_image_model(student)
+    loaded = load_run(student)
+    cfg, model = loaded.config, loaded.model
     assert cfg.distill.guidance == 3.0 and cfg.model.cond_drop_prob == 0.0
-    images, _ = generate(cfg, model, 2, prompts=["a red circle", ""], progress=False)
+    images = loaded.sample(2, cond=["a red circle", ""], progress=False).data
     assert images.shape == (2, 16, 16, 3)
 
 
@@ -337,4 +343,4 @@ def test_errors(teacher, tmp_path, capsys):
     assert "--set cannot change" in error(str(teacher), *same, "--resume", "--set", "distill.teacher_substeps=4")
     with pytest.raises(UserError, match="--teacher-substeps must be at least 1, got 0"):
         distill(teacher, 1, teacher_substeps=0)
-    assert read_teacher(teacher).model.num_classes == 10
+    assert load_run(teacher).config.model.num_classes == 10

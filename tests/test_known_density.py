@@ -19,7 +19,8 @@ from difflab.errors import UserError
 from difflab.models.mlp import ResidualMLP
 from difflab.schedules import make_schedule, schedule_from_config
 from difflab.tasks import build_task
-from difflab.tasks.toy2d import BoundCheck, Toy2DTask, bound_vs_entropy, exact_floor, load_toy_denoiser
+from difflab.evaluate.known_density import BoundCheck, bound_vs_entropy, exact_floor
+from difflab.tasks.toy2d import Toy2DTask, load_toy_denoiser
 from difflab.train import train
 
 from conftest import ROOT

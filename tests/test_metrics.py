@@ -27,8 +27,9 @@ from difflab.evaluate.fid import compute_fid
 from difflab.evaluate.kid import (kid_from_features, kid_standard_error, kid_subset_indices, mmd2_unbiased,
                                  polynomial_kernel)
 from difflab.evaluate.prdc import nearest_neighbour_radii, pairwise_distances, prdc_from_features
-from difflab.evaluate.run_eval import EVAL_FILE, evaluate_run, update_eval_file
-from difflab.tasks.image import generate, load_image_model
+from difflab.evaluate.run_eval import EVAL_FILE, update_eval_file
+from difflab.measure import evaluate_run
+from difflab.tasks import load_run
 
 from conftest import TINY
 
@@ -216,8 +217,8 @@ def test_eval_fid_is_the_fid_of_difflab_fid(tiny_run, digits_weights, capsys):
     """The same samples (same seed) give evaluate_run's FID and compute_fid's, which `difflab fid` prints."""
     result = evaluate_run(tiny_run, n=EVAL_N, steps=2, sampler="ddim", eta=1.0, weights=digits_weights,
                           write=False, progress=False)
-    cfg, model = load_image_model(tiny_run)
-    images, _ = generate(cfg, model, EVAL_N, sampler="ddim", steps=2, eta=1.0, seed=0, progress=False)
+    run = load_run(tiny_run)
+    images = run.sample(EVAL_N, sampler="ddim", steps=2, eta=1.0, seed=0, progress=False).data
     assert result["fid"] == pytest.approx(compute_fid(images, data="digits", weights=digits_weights,
                                                       progress=False), rel=1e-9)
     assert result["sampler_options"] == {"eta": 1.0} and result["sampler"] == "ddim"

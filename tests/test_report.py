@@ -20,9 +20,13 @@ from PIL import Image
 
 from difflab import grids, io
 from difflab import report as rp
+from difflab import report_html as rh
 from difflab.cli import main
 from difflab.evaluate.run_eval import update_eval_file
-from difflab.tasks.image import generate, load_image_model
+from difflab.tasks import load_run
+
+from difflab.tasks.image import UNCONDITIONAL_ROWS
+from difflab.tasks.text_to_image import REPORT_ROWS, default_prompts
 
 from conftest import ROOT, TINY, difflab_cmd
 
@@ -49,6 +53,7 @@ class _Page(HTMLParser):
         self.images: list[dict[str, str]] = []
         self.cells: list[str] = []
         self.labels: list[str] = []
+        self.prompts: list[str] = []
         self._into: list[str] | None = None
         self.feed(text)
 
@@ -58,12 +63,12 @@ class _Page(HTMLParser):
             self.body = a
         elif tag == "img":
             self.images.append(a)
-        elif tag == "td" or (tag == "span" and a.get("class") == "label"):
-            self._into = self.cells if tag == "td" else self.labels
+        elif tag == "td" or (tag == "span" and a.get("class") == "label") or (tag == "p" and a.get("class") == "prompt"):
+            self._into = self.cells if tag == "td" else self.labels if tag == "span" else self.prompts
             self._into.append("")
 
     def handle_endtag(self, tag):
-        if tag in ("td", "span"):
+        if tag in ("td", "span", "p"):
             self._into = None
 
     def handle_data(self, data):
@@ -99,7 +104,7 @@ def chromium_dom(page: Path, profile: Path) -> str:
 
 def test_every_image_loads_in_chromium_and_the_table_holds_the_numbers(page, tmp_path):
     static = _Page(page.read_text())
-    expected = 1 + len(rp.DEFAULT_GRIDS) * CLASSES + 1  # training curves, one strip per grid row, ELBO
+    expected = 1 + len(rh.DEFAULT_GRIDS) * CLASSES + 1  # training curves, one strip per grid row, ELBO
     assert len(static.images) == expected
     dom = _Page(chromium_dom(page, tmp_path / "profile"))
     assert dom.body.get("data-images-failed") == "0", dom.body
@@ -109,7 +114,7 @@ def test_every_image_loads_in_chromium_and_the_table_holds_the_numbers(page, tmp
         assert value in cells, value
     assert cells.count("500 generated vs 360 real") == 5 and "500 generated vs 1437 real" in cells  # FID: whole split
     assert "64 images" in cells
-    assert dom.labels == [str(k) for k in range(CLASSES)] * len(rp.DEFAULT_GRIDS)  # class names beside rows
+    assert dom.labels == [str(k) for k in range(CLASSES)] * len(rh.DEFAULT_GRIDS)  # class names beside rows
 
 
 def test_page_is_self_contained(page):
@@ -130,13 +135,18 @@ def _decode(src: str) -> np.ndarray:
 
 
 def test_grid_rows_are_the_seeded_samples_of_each_class(page, tiny_run):
-    cfg, model = load_image_model(tiny_run, "cpu")
+    run = load_run(tiny_run, "cpu")
     labels = torch.arange(CLASSES).repeat_interleave(PER_ROW)
-    images, _ = generate(cfg, model, len(labels), sampler="ddim", steps=20, labels=labels, seed=0, progress=False)
+    images = run.sample(len(labels), sampler="ddim", steps=20, cond=labels, seed=0, progress=False).data
     strips = {img["alt"]: _decode(img["src"]) for img in _Page(page.read_text()).images}
     for k in range(CLASSES):
-        expected = grids.image_grid(rp.upscale(images[k * PER_ROW:(k + 1) * PER_ROW]), ncol=PER_ROW)
+        expected = grids.image_grid(rh.upscale(images[k * PER_ROW:(k + 1) * PER_ROW]), ncol=PER_ROW)
         assert np.array_equal(strips[f"ddim, 20 steps, row {k}"], expected), k
+
+
+def _ctx(run: Path, **options) -> rh.ReportContext:
+    """The report context of a run folder, as `difflab report` builds it."""
+    return rh.load_context(load_run(run), **options)
 
 
 def _copy_run(run: Path, dest: Path) -> Path:
@@ -146,48 +156,49 @@ def _copy_run(run: Path, dest: Path) -> Path:
 
 def test_missing_or_broken_evaluation_is_a_hint(tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path / "run")
-    (run / rp.EVAL_FILE).unlink()
-    ctx = rp.load_context(run)
-    for section in (rp.metrics_section, rp.elbo_section):
+    (run / rh.EVAL_FILE).unlink()
+    ctx = _ctx(run)
+    for section in (rh.metrics_section, rh.elbo_section):
         _, body = section(ctx)
         assert "not computed yet: run `difflab eval" in body and "--data digits" in body and "<img" not in body
-    (run / rp.EVAL_FILE).write_text(json.dumps({k: v for k, v in EVAL.items() if k != "nll"}))
-    ctx = rp.load_context(run)
-    assert "12.34" in rp.metrics_section(ctx)[1] and "NLL" not in rp.metrics_section(ctx)[1]
-    assert "no NLL in metrics.json yet" in rp.elbo_section(ctx)[1]
-    (run / rp.EVAL_FILE).write_text('{"fid": 1')  # torn write
-    ctx = rp.load_context(run)
-    assert "could not be read" in rp.metrics_section(ctx)[1]
+    (run / rh.EVAL_FILE).write_text(json.dumps({k: v for k, v in EVAL.items() if k != "nll"}))
+    ctx = _ctx(run)
+    assert "12.34" in rh.metrics_section(ctx)[1] and "NLL" not in rh.metrics_section(ctx)[1]
+    assert "no NLL in metrics.json yet" in rh.elbo_section(ctx)[1]
+    (run / rh.EVAL_FILE).write_text('{"fid": 1')  # torn write
+    ctx = _ctx(run)
+    assert "could not be read" in rh.metrics_section(ctx)[1]
     (run / io.METRICS_FILE).unlink()
-    assert "no training log" in rp.training_section(rp.load_context(run))[1]
+    assert "no training log" in rh.training_section(_ctx(run))[1]
 
 
 def test_stale_evaluation_is_flagged(tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path / "run")
-    (run / rp.EVAL_FILE).write_text(json.dumps({**EVAL, "checkpoint_step": 2}))
-    assert "newest checkpoint is step 4" in rp.metrics_section(rp.load_context(run))[1]
+    (run / rh.EVAL_FILE).write_text(json.dumps({**EVAL, "checkpoint_step": 2}))
+    assert "newest checkpoint is step 4" in rh.metrics_section(_ctx(run))[1]
 
 
 def test_prompts_go_under_their_rows_and_sections_plug_in(tiny_run, tmp_path):
-    rows = [rp.GridRow("a", np.zeros((2, 8, 8, 1), np.uint8), prompt="a <red> circle"),
-            rp.GridRow("b", np.zeros((2, 8, 8, 3), np.uint8))]
-    grid = rp.render_grid("t2i", rows)
+    rows = [rh.GridStrip("a", np.zeros((2, 8, 8, 1), np.uint8), prompt="a <red> circle"),
+            rh.GridStrip("b", np.zeros((2, 8, 8, 3), np.uint8))]
+    grid = rh.render_grid("t2i", rows)
     assert grid.count('class="row"') == 2 and grid.count('class="prompt"') == 1
     assert grid.index("a &lt;red&gt; circle") < grid.index(">b<")  # under row a, before row b
 
-    def prompts_section(ctx: rp.ReportContext) -> tuple[str, str]:
+    def prompts_section(ctx: rh.ReportContext) -> tuple[str, str]:
         return "Prompts", grid
 
-    out = rp.write_report(tiny_run, tmp_path / "r.html", sections=(rp.config_section, prompts_section))
+    out = rp.write_report(tiny_run, tmp_path / "r.html", sections=(rh.config_section, prompts_section))
     text = out.read_text()
     assert ">Prompts</a>" in text and "a &lt;red&gt; circle" in text and "Samples" not in text
 
 
 def test_unconditional_rows(tiny_run):
-    ctx = rp.load_context(tiny_run, samples=3)
-    ctx.cfg = replace(ctx.cfg, model=replace(ctx.cfg.model, num_classes=0))
-    labels, class_ids, per_row = rp._row_conditions(ctx)
-    assert len(labels) == rp.UNCONDITIONAL_ROWS and class_ids is None and per_row == 3
+    run = load_run(tiny_run)
+    assert [r.label for r in run.grid_rows(3, 0)] == [str(k) for k in range(CLASSES)]
+    run.config = replace(run.config, model=replace(run.config.model, num_classes=0))
+    rows = run.grid_rows(3, 0)
+    assert len(rows) == UNCONDITIONAL_ROWS and all(r.cond is None and r.prompt is None for r in rows)
 
 
 def test_bad_run_folders_are_one_line_errors(tiny_run, tmp_path, capsys):
@@ -219,6 +230,25 @@ def test_mixture_runs_get_scatter_plots_and_the_bound(tmp_path, capsys):
     page = _Page(text)
     assert len(page.images) == 2  # training curves, one figure of scatter panels
     assert "Bound against the true entropy" in text and "true entropy H" in page.cells
-    assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.npz")]) == 2
+    assert main(["sample", str(run), "--n", "4", "--steps", "5", "--out", str(tmp_path / "s.npz")]) == 0
+    assert np.load(tmp_path / "s.npz")["points"].shape == (4, 2)
+    capsys.readouterr()
+    assert main(["fid", str(run), "--n", "4", "--steps", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "2-D mixture run" in err[0] and "difflab report" in err[0]
+    assert len(err) == 1 and "toy2d run" in err[0] and "FID" in err[0]
+
+
+T2I = ["data.name=shapes", "data.size=64", "data.resolution=16", "model.text_encoder=scratch", "model.text_width=16",
+       "model.text_layers=1", "model.text_heads=2", "model.patch_size=2", *TINY]
+
+
+def test_text_to_image_report_prints_each_rows_prompt_under_it(tmp_path):
+    """A text-to-image run's grids: one row per prompt drawn from the data, the prompt under its row, in Chromium."""
+    run = tmp_path / "t2i"
+    assert main(["train", "--out", str(run), "--no-progress", "--max-steps", "2", "--set", *T2I]) == 0
+    assert main(["report", str(run), "--samples", "2", "--no-progress"]) == 0
+    prompts = default_prompts(load_run(run).config, REPORT_ROWS, 0)
+    dom = _Page(chromium_dom(run / rp.REPORT_FILE, tmp_path / "profile"))
+    assert dom.body.get("data-images-failed") == "0", dom.body
+    assert [p.strip() for p in dom.prompts] == prompts * len(rh.DEFAULT_GRIDS)
+    assert all(p.startswith("a ") for p in prompts) and "#1" in dom.labels

@@ -14,7 +14,7 @@ from difflab.cli import main
 from difflab.config import apply_overrides, load_config
 from difflab.models.text_encoders import build_text_encoder
 from difflab.models.unet import UNet
-from difflab.tasks.image import generate, load_image_model
+from difflab.tasks import load_run
 from difflab.tasks.text_to_image import TOKENIZER_FILE, TextToImageTask, build_text_unet, default_prompts
 
 from conftest import ROOT, TINY
@@ -75,10 +75,10 @@ def test_training_writes_vocabulary_and_loss_falls(t2i_run):
 
 def test_guidance_zero_ignores_the_prompt(t2i_run):
     """w = 0 is the unconditional model: the prompt (even an empty one) must not change the samples."""
-    cfg, model = load_image_model(t2i_run)
-    a, _ = generate(cfg, model, 2, prompts=PROMPTS, guidance=0.0, steps=3, progress=False)
-    b, _ = generate(cfg, model, 2, prompts=["", "an unknown zebra"], guidance=0.0, steps=3, progress=False)
-    c, _ = generate(cfg, model, 2, prompts=["", "an unknown zebra"], guidance=3.0, steps=3, progress=False)
+    run = load_run(t2i_run)
+    a = run.sample(2, cond=PROMPTS, guidance=0.0, steps=3, progress=False).data
+    b = run.sample(2, cond=["", "an unknown zebra"], guidance=0.0, steps=3, progress=False).data
+    c = run.sample(2, cond=["", "an unknown zebra"], guidance=3.0, steps=3, progress=False).data
     assert np.array_equal(a, b) and not np.array_equal(b[1], c[1]) and np.array_equal(b[0], c[0])
 
 
@@ -108,11 +108,11 @@ def test_sample_with_prompts(t2i_run, tmp_path, capsys):
 
 
 def test_unknown_words_and_long_prompts(t2i_run):
-    cfg, model = load_image_model(t2i_run)
+    run = load_run(t2i_run)
     long = " ".join(["red"] * 40)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        images, _ = generate(cfg, model, 2, prompts=["a purple hexagon floating", long], steps=2, progress=False)
+        images = run.sample(2, cond=["a purple hexagon floating", long], steps=2, progress=False).data
     assert images.shape == (2, 32, 32, 3)
     assert any("truncated" in str(w.message) for w in caught)
 
@@ -146,8 +146,8 @@ def test_minilm_encoder_trains_and_stays_out_of_checkpoints(tmp_path):
                  "--set", *SHAPES, "model.text_encoder=minilm"]) == 0
     ckpt = io.require_checkpoint(run)
     assert (ckpt / io.EMA_FILE).stat().st_size < 20e6  # MiniLM alone is 90 MB
-    cfg, model = load_image_model(run)
-    images, _ = generate(cfg, model, 2, prompts=PROMPTS, steps=2, guidance=2.0, progress=False)
+    loaded = load_run(run)
+    images = loaded.sample(2, cond=PROMPTS, steps=2, guidance=2.0, progress=False).data
     assert images.shape == (2, 32, 32, 3)
 
 

@@ -151,6 +151,11 @@ class Run(Protocol):
         """The run's measures of ``samples`` (images: FID, KID, PRDC; text-to-image: + CLIP score, attributes)."""
         ...
 
+    def check_fid(self, *, data: str | None = None, data_path: str | None = None,
+                  features: str | Path | None = None) -> None:
+        """Fail, before any sampling, where :meth:`fid` would (no FID for this kind, a bad reference)."""
+        ...
+
     def fid(self, samples: Samples, *, data: str | None = None, data_path: str | None = None,
             features: str | Path | None = None) -> tuple[float, str]:
         """The Frechet distance of ``samples`` to the run's data (or ``data``) and the reference's name."""
@@ -221,6 +226,9 @@ class RunBase:
 
     def metrics(self, samples: Samples, **_: Any) -> dict[str, Any]:
         raise self._cannot("sample metrics")
+
+    def check_fid(self, **_: Any) -> None:
+        raise self._cannot("FID (it measures images)")
 
     def fid(self, samples: Samples, **_: Any) -> tuple[float, str]:
         raise self._cannot("FID (it measures images)")

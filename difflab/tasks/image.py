@@ -248,6 +248,10 @@ class ImageRun(GaussianRunBase):
         return {"data": data, **evaluate_images(samples.data, data=data, data_path=data_path, resolution=H,
                                                 extractor=net, progress=progress)}
 
+    def check_fid(self, *, data: str | None = None, data_path: str | None = None,
+                  features: str | Path | None = None) -> None:
+        self.check_metrics(data=data, data_path=data_path, features=features)
+
     def fid(self, samples: Samples, *, data: str | None = None, data_path: str | None = None,
             features: str | Path | None = None) -> tuple[float, str]:
         data, data_path = self._reference(data, data_path)
