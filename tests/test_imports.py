@@ -1,7 +1,7 @@
 """The module graph of difflab has no import cycles, and every module imports on its own.
 
-The graph is read from each module's top-level imports (those that run when it is imported; imports
-inside functions and under ``if TYPE_CHECKING:`` are not edges). Importing ``a.b.c`` also imports the
+The graph is read from each module's import statements, those inside functions included (a lazy import
+hides a cycle, it does not remove it); only imports under ``if TYPE_CHECKING:`` are not edges. Importing ``a.b.c`` also imports the
 packages ``a.b`` and ``a``, so those are edges too (except a module's own packages, which are being
 imported already when it is).
 """
@@ -29,17 +29,17 @@ def _is_type_checking(node: ast.If) -> bool:
         (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _top_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
-    """Import statements that run at import time: module level, in try/if blocks, not TYPE_CHECKING."""
-    out, todo = [], list(tree.body)
+def _imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement of a module, in functions too, except those under ``if TYPE_CHECKING:``."""
+    out, todo = [], [tree]
     while todo:
         node = todo.pop()
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             out.append(node)
-        elif isinstance(node, ast.If) and not _is_type_checking(node):
-            todo += node.body + node.orelse
-        elif isinstance(node, ast.Try):
-            todo += node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body]
+        elif isinstance(node, ast.If) and _is_type_checking(node):
+            todo += node.orelse
+        else:
+            todo += list(ast.iter_child_nodes(node))
     return out
 
 
@@ -49,12 +49,12 @@ def _with_parents(name: str) -> list[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the difflab modules its top-level imports load."""
+    """module -> the difflab modules its imports load."""
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         edges = set()
-        for node in _top_level_imports(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif node.module is None or node.level:
