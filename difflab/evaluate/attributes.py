@@ -6,9 +6,9 @@ renders, from seeds disjoint from the dataset's train/test splits (``POOL_SEED_O
 checked on another set of fresh renders (``CHECK_SEED``); it is ~100% accurate on renders, so
 on generated images its accuracy measures the generator, not the judge.
 
-It shares :class:`~difflab.evaluate.features.FeatureNet`'s building blocks (conv block, input
-preparation, learning-rate schedule, safetensors + JSON sidecar saving). Unlike FeatureNet it
-pools to a coarse ``POOL_GRID`` x ``POOL_GRID`` grid instead of globally, so position survives.
+It shares :class:`~difflab.evaluate.features.FeatureNet`'s convolution stages, input preparation and
+training loop (:mod:`difflab.evaluate.classifier`) and its safetensors + JSON sidecar saving. Unlike
+FeatureNet it pools to a coarse ``POOL_GRID`` x ``POOL_GRID`` grid instead of globally, so position survives.
 Weights live in ``cache_dir("attributes")/shapes-{R}x{R}.safetensors``.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from difflab.data.shapes import ATTRIBUTES, DEFAULT_RESOLUTION, random_attributes, render_shapes
 from difflab.errors import UserError
-from difflab.evaluate.features import _conv_block, _lr_at, _prepare, _sidecar, save_feature_extractor
+from difflab.evaluate.classifier import (EVAL_BATCH, TRAIN_BATCH, conv_stages, eval_batches, fit_classifier,
+                                         prepare_images)
+from difflab.evaluate.features import _sidecar, save_feature_extractor
 from difflab.paths import cache_dir
 
 ATTRIBUTES_DIR = "attributes"
@@ -41,9 +43,6 @@ POOL_GRID = 4  # average-pooled to 4x4 cells: coarse enough for any resolution, 
 MAX_NET_RESOLUTION = 32  # larger renders are downsampled to this before the network (cheap at 64x64)
 
 DEFAULT_STEPS = 150  # 19 s on 2 idle CPU cores at 32x32, 1.0 accuracy on fresh renders (measured; 120 suffice)
-TRAIN_BATCH = 128
-EVAL_BATCH = 512
-WEIGHT_DECAY = 1e-4
 NOISE_STD = 0.05  # Gaussian noise added to training inputs (in [-1, 1] units), for imperfect generated images
 POOL_SIZE = 16_384  # renders the classifier trains on
 CHECK_SIZE = 2_000  # fresh renders its accuracy is measured on
@@ -77,11 +76,7 @@ class AttributeNet(nn.Module):
         super().__init__()
         self.config = AttributeConfig(resolution=tuple(resolution), in_channels=in_channels, width=width,
                                       hidden=hidden)
-        layers, c = [_conv_block(in_channels, width)], width
-        for _ in range(NUM_DOWNSAMPLES):
-            layers += [_conv_block(c, 2 * c, stride=2), _conv_block(2 * c, 2 * c)]
-            c *= 2
-        self.body = nn.Sequential(*layers)
+        self.body, c = conv_stages(in_channels, width, NUM_DOWNSAMPLES)
         self.embed = nn.Sequential(nn.Linear(c * POOL_GRID**2, hidden), nn.SiLU())
         self.head = nn.Linear(hidden, sum(HEAD_SIZES))
 
@@ -109,15 +104,10 @@ def _nchw(images_uint8: Tensor | np.ndarray) -> Tensor:
 def predict_attributes(net: AttributeNet, images_uint8: Tensor | np.ndarray,
                        batch_size: int = EVAL_BATCH) -> np.ndarray:
     """int64 (N, 4) predicted (size, color, shape, position) of uint8 images (N, H, W, 3) or (N, 3, H, W)."""
-    images = _nchw(images_uint8)
-    was_training = net.training
-    net.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            logits = net(_prepare(net, images[i:i + batch_size]))
-            out.append(torch.stack([z.argmax(dim=1) for z in logits], dim=1).cpu())  # (b, 4)
-    net.train(was_training)
+    def predict(x: Tensor) -> Tensor:  # (b, 4)
+        return torch.stack([z.argmax(dim=1) for z in net(x)], dim=1).cpu()
+
+    out = eval_batches(net, _nchw(images_uint8), predict, batch_size=batch_size)
     return torch.cat(out).numpy().astype(np.int64) if out else np.zeros((0, len(HEAD_SIZES)), dtype=np.int64)
 
 
@@ -148,25 +138,19 @@ def _renders(n: int, resolution: int, seed: int) -> tuple[Tensor, Tensor]:
     return images.contiguous(), torch.from_numpy(attrs)
 
 
-def _fit(net: AttributeNet, images: Tensor, attrs: Tensor, steps: int, seed: int, progress: bool) -> None:
-    """Train all heads jointly (sum of cross-entropies): AdamW, warmup + cosine, input noise."""
-    device = next(net.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(net.parameters(), lr=_lr_at(0, steps), weight_decay=WEIGHT_DECAY)
-    net.train()
-    bar = tqdm(range(steps), desc="attribute classifier", disable=not progress)
-    for step in bar:
+def _batches(net: AttributeNet, images: Tensor, attrs: Tensor,
+             generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+    """(renders in [-1, 1] plus NOISE_STD Gaussian noise, attributes (B, 4)) batches of TRAIN_BATCH
+    drawn with replacement."""
+    while True:
         idx = torch.randint(len(images), (TRAIN_BATCH,), generator=generator)
-        x = _prepare(net, images[idx])  # (B, 3, H, W)
-        x = x + NOISE_STD * torch.randn(x.shape, generator=generator).to(device)
-        y = attrs[idx].to(device)  # (B, 4)
-        loss = sum(F.cross_entropy(z, y[:, k]) for k, z in enumerate(net(x)))
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        x = prepare_images(net, images[idx])  # (B, 3, H, W)
+        yield x + NOISE_STD * torch.randn(x.shape, generator=generator).to(x.device), attrs[idx].to(x.device)
+
+
+def _heads_loss(logits: list[Tensor], attrs: Tensor) -> Tensor:
+    """The sum over heads of the cross-entropy of each attribute (all heads trained jointly)."""
+    return sum(F.cross_entropy(z, attrs[:, k]) for k, z in enumerate(logits))
 
 
 def default_weights_path(resolution: int) -> Path:
@@ -199,7 +183,8 @@ def train_attribute_classifier(resolution: int = DEFAULT_RESOLUTION, *, steps: i
     side = min(resolution, MAX_NET_RESOLUTION)
     net = AttributeNet(resolution=(side, side)).to(device)
     images, attrs = _renders(POOL_SIZE, resolution, POOL_SEED_OFFSET + seed)
-    _fit(net, images, attrs, steps, seed, progress)
+    batches = _batches(net, images, attrs, torch.Generator().manual_seed(seed))
+    fit_classifier(net, batches, _heads_loss, steps, desc="attribute classifier", progress=progress)
     check_images, check_attrs = _renders(CHECK_SIZE, resolution, CHECK_SEED)
     acc = attribute_accuracy(check_images, check_attrs.numpy(), net=net)
     config = dataclasses.replace(net.config, steps=steps, seed=seed, accuracy=acc)
