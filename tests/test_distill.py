@@ -311,9 +311,9 @@ def test_errors(teacher, tmp_path, capsys):
         assert message.startswith("error: ") and "\n" not in message
         return message
 
-    mixture = tmp_path / "mixture"
-    io.init_run(mixture, apply_overrides(load_config(None), ["data.name=mixture2d"]))
-    assert "not an image diffusion run" in error(str(mixture), "--steps", "4")
+    clip = tmp_path / "clip"
+    io.init_run(clip, apply_overrides(load_config(None), ["task=clip", "data.name=shapes"]))
+    assert "is a clip run, not a run of Gaussian diffusion" in error(str(clip), "--steps", "4")
     assert "not a run folder" in error(str(tmp_path), "--steps", "4")
     assert "pass one of 32, 16, 8, 4, 2, 1" in error(str(teacher), "--steps", "3", "--teacher-steps", "64",
                                                    "--teacher-solver", "ddim")

@@ -23,6 +23,7 @@ from difflab.config import Config
 from difflab.data.mixture import MIXTURES
 from difflab.errors import UserError
 from difflab.tasks.base import GaussianRun, GaussianTask, Run, Task, a_run
+from difflab.tasks.gaussian import GaussianRunBase
 
 TASKS: dict[str, str] = {  # name -> module defining TASK and RUN
     "image": "difflab.tasks.image",
@@ -65,6 +66,21 @@ def run_classes() -> list[type]:
     return [_module(name).RUN for name in TASKS]
 
 
+def run_class(folder: str | Path) -> tuple[Config, type]:
+    """The resolved config of a run folder and its kind's ``Run`` class, before anything is loaded.
+
+    Raises:
+        UserError: not a run folder (a weights file, a missing folder), or an unknown kind.
+    """
+    folder = Path(folder)
+    if folder.is_file() and folder.suffix in WEIGHTS_SUFFIXES:
+        raise UserError(f"{folder} is a weights file (such as a feature extractor of `difflab features train`), "
+                        f"not a run folder, so it cannot be sampled or evaluated: pass the --out folder of "
+                        f"`difflab train`")
+    cfg = resolve(io.read_run_config(folder))
+    return cfg, _module(cfg.task).RUN
+
+
 def load_run(folder: str | Path, device: torch.device | str = "cpu", *, ema: bool = True,
              checkpoint: str | Path | None = None) -> Run:
     """Load a trained run folder as its kind's :class:`~difflab.tasks.base.Run`.
@@ -78,14 +94,9 @@ def load_run(folder: str | Path, device: torch.device | str = "cpu", *, ema: boo
     Raises:
         UserError: not a run folder (a weights file, a missing folder), unknown kind, no checkpoint.
     """
-    folder = Path(folder)
-    if folder.is_file() and folder.suffix in WEIGHTS_SUFFIXES:
-        raise UserError(f"{folder} is a weights file (such as a feature extractor of `difflab features train`), "
-                        f"not a run folder, so it cannot be sampled or evaluated: pass the --out folder of "
-                        f"`difflab train`")
-    cfg = resolve(io.read_run_config(folder))
+    cfg, cls = run_class(folder)
     ckpt = Path(checkpoint) if checkpoint is not None else io.require_checkpoint(folder)
-    return _module(cfg.task).RUN.load(folder, cfg, device, ema=ema, checkpoint=ckpt)
+    return cls.load(Path(folder), cfg, device, ema=ema, checkpoint=ckpt)
 
 
 def sampling_run(folder: str | Path, device: torch.device | str = "cpu", *, verb: str = "sample",
@@ -100,11 +111,14 @@ def sampling_run(folder: str | Path, device: torch.device | str = "cpu", *, verb
 
 
 def gaussian_run(folder: str | Path, device: torch.device | str = "cpu", *, verb: str = "distill") -> GaussianRun:
-    """:func:`load_run` of a run of Gaussian diffusion (:class:`~difflab.tasks.base.GaussianRun`), else one line."""
+    """:func:`load_run` of a run of Gaussian diffusion (:class:`~difflab.tasks.base.GaussianRun`), else one line
+    (checked on the kind, before its checkpoint is read)."""
+    cfg, cls = run_class(folder)
+    if not issubclass(cls, GaussianRunBase):
+        raise UserError(f"{folder} is {a_run(cfg.task)}, not a run of Gaussian diffusion, so `difflab {verb}` "
+                        f"cannot use it: pass the --out folder of `difflab train` on images")
     run = load_run(folder, device)
-    if not isinstance(run, GaussianRun):
-        raise UserError(f"{folder} is {a_run(run.task)}, not a run of Gaussian diffusion, so `difflab {verb}` cannot "
-                        f"use it: pass the --out folder of `difflab train` on images")
+    assert isinstance(run, GaussianRun)  # GaussianRunBase implements it
     return run
 
 
@@ -117,4 +131,4 @@ def gaussian_task(cfg: Config) -> GaussianTask:
 
 
 __all__ = ["LEGACY_TASK", "TASKS", "build_task", "gaussian_run", "gaussian_task", "load_run", "resolve",
-           "run_classes", "sampling_run", "task_name"]
+           "run_class", "run_classes", "sampling_run", "task_name"]

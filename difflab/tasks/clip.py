@@ -155,23 +155,24 @@ def load_clip(run: str | Path, device: torch.device | str = "cpu") -> tuple[Conf
     Raises:
         UserError: not a run folder, not a CLIP run, or no checkpoint yet.
     """
-    from difflab.tasks import load_run
-
-    loaded = load_run(run, device)
-    if not isinstance(loaded, ClipRun):
-        raise UserError(f"{run} is {a_run(loaded.task)}, not a CLIP run: pass the --out folder of `difflab clip train`")
+    loaded = load_clip_run(run, device)
     return loaded.config, loaded.model, loaded.tokenizer
+
+
+def load_clip_run(run: str | Path, device: torch.device | str = "cpu") -> ClipRun:
+    """:func:`difflab.tasks.load_run` of a CLIP run, else one line (checked before its checkpoint is read)."""
+    from difflab.tasks import load_run, run_class
+
+    cfg, cls = run_class(run)
+    if cls is not ClipRun:
+        raise UserError(f"{run} is {a_run(cfg.task)}, not a CLIP run: pass the --out folder of `difflab clip train`")
+    return load_run(run, device)
 
 
 def evaluate_clip_run(run: str | Path, *, n: int = EVAL_IMAGES, device: torch.device | str = "cpu",
                       write: bool = True) -> dict[str, Any]:
     """Retrieval accuracy and CLIP score of a CLIP run on ``n`` held-out images (:meth:`ClipRun.evaluate`)."""
-    from difflab.tasks import load_run
-
-    loaded = load_run(run, device)
-    if not isinstance(loaded, ClipRun):
-        raise UserError(f"{run} is {a_run(loaded.task)}, not a CLIP run: pass the --out folder of `difflab clip train`")
-    return loaded.evaluate(n, write=write)
+    return load_clip_run(run, device).evaluate(n, write=write)
 
 
 def clip_section(ctx: Any) -> tuple[str, str]:
