@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image
 
 from difflab import io
 from difflab.cli import main
+from difflab.tasks import load_run
 
 from conftest import ROOT, TINY, difflab_cmd
 
@@ -63,6 +65,14 @@ def bad_inputs(run, tmp_path):
     nockpt = tmp_path / "nockpt"
     nockpt.mkdir()
     (nockpt / io.CONFIG_FILE).write_text((run / io.CONFIG_FILE).read_text())
+    clip = tmp_path / "clip"  # a CLIP run folder (its checkpoint is another run's: the kind is refused first)
+    clip.mkdir()
+    cfg["task"] = "clip"
+    (clip / io.CONFIG_FILE).write_text(yaml.safe_dump(cfg))
+    (clip / "checkpoints").mkdir()
+    (clip / "checkpoints" / ckpt.name).symlink_to(ckpt)
+    weights = tmp_path / "extractor.safetensors"
+    weights.write_bytes(b"not really")
     return {
         "missing data folder": (["train", "--out", str(tmp_path / "r1"), "--set", "data.name=image-folder",
                                  f"data.path={tmp_path / 'nope'}"], "does not exist"),
@@ -76,6 +86,14 @@ def bad_inputs(run, tmp_path):
         "not a run folder": (["sample", str(empty)], "not a run folder"),
         "other architecture": (["sample", str(wrong)], "does not fit the model"),
         "unknown verb": (["paint"], "invalid choice"),
+        "unknown task": (["train", "--out", str(tmp_path / "r5"), "--set", "task=segmentation"],
+                         "unknown task 'segmentation': set task to one of image, text-to-image, toy2d, clip"),
+        "image task with a text encoder": (["train", "--out", str(tmp_path / "r6"), "--set", "task=image",
+                                            "model.text_encoder=scratch"], "set task=text-to-image"),
+        "a CLIP run cannot sample": (["sample", str(clip)], "is a clip run, which cannot sample"),
+        "a weights file is not a run": (["sample", str(weights)], "is a weights file"),
+        "a prompt for a class run": (["sample", str(run), "--prompt", "a cat"],
+                                     "is an image run, so --prompt cannot be used: its condition flags are --class"),
     }
 
 
@@ -98,3 +116,28 @@ def test_errors_have_no_traceback_in_a_real_process(tmp_path):
 def test_help_for_every_verb(verb):
     res = subprocess.run(difflab_cmd(verb, "--help"), cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0 and "usage: difflab" in res.stdout
+
+
+def test_run_folders_of_the_previous_main_still_sample(tiny_run, tmp_path, capsys):
+    """Configs saved before `task` named the kind said `task: diffusion`: mapped once, to the same kind."""
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old)
+    cfg = yaml.safe_load((old / io.CONFIG_FILE).read_text())
+    assert cfg["task"] == "image"
+    cfg["task"] = "diffusion"
+    del cfg["diffusion"]["beta_start"], cfg["diffusion"]["beta_end"]  # keys the previous main did not have
+    (old / io.CONFIG_FILE).write_text(yaml.safe_dump(cfg))
+    for run in (tiny_run, old):
+        assert main(["sample", str(run), "--n", "4", "--steps", "3", "--out", str(tmp_path / f"{run.name}.npz")]) == 0
+    assert np.array_equal(np.load(tmp_path / "old.npz")["images"], np.load(tmp_path / "run.npz")["images"])
+
+
+def test_a_50_step_schedule_with_diffwaves_betas_trains_and_samples(tmp_path):
+    run = tmp_path / "run"
+    betas = ["diffusion.timesteps=50", "diffusion.beta_start=1e-4", "diffusion.beta_end=0.05"]
+    assert main(["train", "--out", str(run), "--no-progress", "--max-steps", "2", "--set", *TINY, *betas]) == 0
+    assert main(["sample", str(run), "--n", "4", "--steps", "50", "--sampler", "ddpm",
+                 "--out", str(tmp_path / "s.npz")]) == 0
+    assert np.load(tmp_path / "s.npz")["images"].shape == (4, 8, 8, 1)
+    schedule = load_run(run).schedule
+    assert schedule.T == 50 and float(schedule.betas[0]) == 1e-4 and float(schedule.betas[-1]) == 0.05

@@ -101,13 +101,14 @@ def load_run(folder: str | Path, device: torch.device | str = "cpu", *, ema: boo
 
 def sampling_run(folder: str | Path, device: torch.device | str = "cpu", *, verb: str = "sample",
                  **options: object) -> Run:
-    """:func:`load_run`, with a one-line error naming the run's kind when that kind cannot sample."""
-    run = load_run(folder, device, **options)
-    if not run.can_sample:
+    """:func:`load_run`, with a one-line error naming the run's kind when that kind cannot sample (checked on
+    the kind, before its checkpoint is read)."""
+    cfg, cls = run_class(folder)
+    if not cls.can_sample:
         samplers = ", ".join(name for name in TASKS if _module(name).RUN.can_sample)
-        raise UserError(f"{folder} is {a_run(run.task)}, which cannot sample, so `difflab {verb}` cannot use it: "
+        raise UserError(f"{folder} is {a_run(cfg.task)}, which cannot sample, so `difflab {verb}` cannot use it: "
                         f"pass a run of a generative kind ({samplers})")
-    return run
+    return load_run(folder, device, **options)
 
 
 def gaussian_run(folder: str | Path, device: torch.device | str = "cpu", *, verb: str = "distill") -> GaussianRun:
