@@ -1,12 +1,22 @@
 """The one training loop, on Hugging Face Accelerate, for every task.
 
-A task supplies ``config`` (resolved), ``build_model()``, ``to(device)`` and
-``loss(model, batch_size, generator)``, and optionally ``run_files()`` (name -> text of files that
-belong beside the config, e.g. a tokenizer's vocabulary). The loop adds what every run needs: AdamW with
-warm-up, gradient clipping and accumulation, EMA weights (used for sampling), bf16 autocast,
-step and wall-clock budgets, a tqdm bar, ``metrics.jsonl``, atomic checkpoints and exact
-resume. Each step draws its batch and noise from a generator seeded by (seed, step, rank),
+A task is a :class:`difflab.tasks.base.Task`: it supplies ``config`` (resolved), ``build_model()``,
+``to(device)``, ``loss(model, batch_size, generator)``, ``run_files()`` (name -> text of files that
+belong beside the config, e.g. a tokenizer's vocabulary) and ``preview(model)`` (a small picture of
+samples for the logs). The loop adds what every run needs: AdamW with warm-up, gradient clipping and
+accumulation, EMA weights (used for sampling), bf16 autocast, step and wall-clock budgets, a tqdm bar
+whose total and ETA follow whichever budget ends the run first, ``metrics.jsonl``, atomic checkpoints
+and exact resume. Each step draws its batch and noise from a generator seeded by (seed, step, rank),
 so a resumed run continues exactly where the uninterrupted one would have been.
+
+What a run folder gets from training::
+
+    RUN/config.yaml          the resolved config
+    RUN/metrics.jsonl        a row every log_every steps: step, loss, lr, img_per_s, elapsed_s, peak_rss_mb
+    RUN/checkpoints/step-N/  weights (model, EMA) and the optimizer state
+    RUN/logs/train/          train.log_with=tensorboard only: TensorBoard events of the loss, lr and
+                             images/s (every log_every steps) and a grid of EMA samples (every checkpoint);
+                             view with ``tensorboard --logdir RUN/logs``
 
 Multi-process: ``accelerate launch --cpu --num_processes 2 -m difflab.cli train ...``.
 """
@@ -15,35 +25,35 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import math
 import resource
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from difflab import io
-from difflab.config import Config, TrainConfig
+from difflab.config import TrainConfig
 from difflab.errors import UserError
+
+if TYPE_CHECKING:  # only for annotations: importing difflab.tasks would load every task's package
+    from difflab.tasks.base import Task
 
 LR_DECAYS = ("none", "cosine")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
+LOG_WITH = ("none", "tensorboard")  # train.log_with: Accelerate trackers difflab writes to
+LOGS_DIR = "logs"  # RUN/logs: the trackers' folder
+TRACKER_RUN = "train"  # ... and the tracker's run in it: RUN/logs/train
+PREVIEW_TAG = "samples"  # the TensorBoard image of task.preview(ema) at each checkpoint
 COSINE_FLOOR = 0.1  # cosine decay ends at this fraction of the peak learning rate
 EMA_WARMUP = 10  # EMA decay ramps as (1 + step) / (EMA_WARMUP + step), as in many EMA codes
 SEED_STRIDE = 1_000_003  # separates the per-step generator seeds of runs with different seeds
-
-
-class Task(Protocol):
-    config: Config
-
-    def build_model(self) -> nn.Module: ...
-    def to(self, device: torch.device) -> None: ...
-    def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor: ...
 
 
 def check_train_config(t: TrainConfig) -> None:
@@ -59,6 +69,10 @@ def check_train_config(t: TrainConfig) -> None:
         raise UserError(f"unknown train.lr_decay {t.lr_decay!r}: use one of {', '.join(LR_DECAYS)}")
     if t.mixed_precision not in MIXED_PRECISIONS:
         raise UserError(f"unknown train.mixed_precision {t.mixed_precision!r}: use one of {', '.join(MIXED_PRECISIONS)}")
+    if t.log_with not in LOG_WITH:
+        raise UserError(f"unknown train.log_with {t.log_with!r}: use one of {', '.join(LOG_WITH)}")
+    if t.log_with == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("train.log_with=tensorboard needs the tensorboard package: pip install 'difflab[tensorboard]'")
 
 
 def lr_factor(step: int, t: TrainConfig, time_fraction: float = 0.0) -> float:
@@ -75,6 +89,19 @@ def lr_factor(step: int, t: TrainConfig, time_fraction: float = 0.0) -> float:
         progress = min(1.0, progress)
         return COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
     return 1.0
+
+
+def bar_total(step: int, elapsed_s: float, max_steps: int, max_minutes: float | None) -> int:
+    """The step the run will stop at, for the progress bar's total and ETA.
+
+    ``max_steps`` when no minute budget is set or nothing has been measured yet; else the steps per
+    second so far (``step`` in ``elapsed_s``, resumed parts included) extrapolated to ``max_minutes``,
+    capped by ``max_steps`` and never below ``step``.
+    """
+    if not max_minutes or step <= 0 or elapsed_s <= 0:
+        return max_steps
+    estimate = math.ceil(step / elapsed_s * 60 * max_minutes)
+    return max(step, min(max_steps, estimate))
 
 
 @torch.no_grad()
@@ -98,7 +125,9 @@ class _Trainer:
     def __init__(self, task: Task, out: Path, resume: bool, progress: bool) -> None:
         self.task, self.out, self.cfg = task, out, task.config
         t = self.cfg.train
-        self.acc = Accelerator(mixed_precision=t.mixed_precision, dynamo_backend="inductor" if t.compile else "no")
+        self.tracking = t.log_with != "none"
+        self.acc = Accelerator(mixed_precision=t.mixed_precision, dynamo_backend="inductor" if t.compile else "no",
+                               log_with=t.log_with if self.tracking else None, project_dir=out / LOGS_DIR)
         task.to(self.acc.device)
         torch.manual_seed(t.seed)  # weight init is the same on every process
         model = task.build_model()
@@ -109,15 +138,17 @@ class _Trainer:
         self.t0, self.elapsed_before, self.budget_used = time.perf_counter(), 0.0, 0.0
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t, self.budget_used))
         self.model, self.opt, self.sched = self.acc.prepare(model, opt, sched)
-        self.step = 0
+        self.step, self.previewed = 0, -1  # previewed: the step of the last preview logged
         self.progress = progress and self.acc.is_main_process
         if resume:
             self._resume()
         elif self.acc.is_main_process:
             io.init_run(out, self.cfg)
         if self.acc.is_main_process:
-            for name, text in getattr(task, "run_files", dict)().items():
+            for name, text in task.run_files().items():
                 io.write_text_atomic(out / name, text)
+        if self.tracking:  # on resume, events a killed run wrote after the checkpoint are hidden (purged)
+            self.acc.init_trackers(TRACKER_RUN, init_kwargs={"tensorboard": {"purge_step": self.step + 1}})
         self.acc.wait_for_everyone()
 
     def _resume(self) -> None:
@@ -191,36 +222,62 @@ class _Trainer:
         return stop
 
     def log(self, bar: tqdm, loss: float, images: int, since: float) -> None:
-        """Append a row to metrics.jsonl and show loss and images/s on the bar."""
+        """Append a row to metrics.jsonl (and the trackers) and show loss and images/s on the bar."""
+        t = self.cfg.train
         row = {"step": self.step, "loss": loss, "lr": self.sched.get_last_lr()[0],
                "img_per_s": images / (time.perf_counter() - since),
                "elapsed_s": round(self.elapsed(), 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
-        budget = {"minutes_used": f"{self.budget_used:.0%}"} if self.cfg.train.max_minutes else {}
+        budget = {"minutes_used": f"{self.budget_used:.0%}"} if t.max_minutes else {}
         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{row['img_per_s']:.0f}", **budget)
         if self.acc.is_main_process:
             io.append_metrics(self.out, row)
+        if self.tracking:
+            self.acc.log({k: row[k] for k in ("loss", "lr", "img_per_s")}, step=self.step)
+
+    def log_preview(self) -> None:
+        """Log ``task.preview`` of the EMA model as an image (once per step, main process only)."""
+        if not self.tracking or not self.acc.is_main_process or self.previewed == self.step:
+            return
+        self.previewed = self.step
+        image = self.task.preview(self.ema)  # uint8 (H, W, C) or None
+        if image is not None:
+            writer = self.acc.get_tracker("tensorboard").writer
+            writer.add_image(PREVIEW_TAG, image, self.step, dataformats="HWC")
+
+    def end_trackers(self) -> None:
+        """Close the trackers (what ``Accelerator.end_training`` does, without destroying the process group,
+        which a later :func:`train` in this process, such as distillation's next round, still needs)."""
+        for tracker in self.acc.trackers:
+            tracker.finish()
 
     def run(self) -> None:
         t = self.cfg.train
         self.t0 = time.perf_counter()  # the minute budget counts the whole run, resumed parts included
         images_per_step = t.batch_size * t.grad_accum * self.acc.num_processes
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not self.progress, desc="train",
-                   unit="step", dynamic_ncols=True)
+        bar = tqdm(total=bar_total(self.step, self.elapsed(), t.max_steps, t.max_minutes), initial=self.step,
+                   disable=not self.progress, desc="train", unit="step", dynamic_ncols=True)
         window_loss, window_steps, window_t0 = 0.0, 0, time.perf_counter()
         self.model.train()
-        while not self.should_stop():
-            window_loss += self.train_step()
-            window_steps += 1
-            bar.update(1)
-            if self.step % t.log_every == 0:
+        try:
+            while not self.should_stop():
+                window_loss += self.train_step()
+                window_steps += 1
+                bar.total = bar_total(self.step, self.elapsed(), t.max_steps, t.max_minutes)  # ETA: the binding budget
+                bar.update(1)
+                if self.step % t.log_every == 0:
+                    self.log(bar, window_loss / window_steps, images_per_step * window_steps, window_t0)
+                    window_loss, window_steps, window_t0 = 0.0, 0, time.perf_counter()
+                if self.step % t.checkpoint_every == 0:
+                    self.save()
+                    self.log_preview()
+            if window_steps:
                 self.log(bar, window_loss / window_steps, images_per_step * window_steps, window_t0)
-                window_loss, window_steps, window_t0 = 0.0, 0, time.perf_counter()
-            if self.step % t.checkpoint_every == 0:
-                self.save()
-        if window_steps:
-            self.log(bar, window_loss / window_steps, images_per_step * window_steps, window_t0)
-        bar.close()
-        self.save(finished=True)
+            bar.total = self.step
+            bar.close()
+            self.save(finished=True)
+            self.log_preview()
+        finally:
+            self.end_trackers()
 
 
 def train(task: Task, out: str | Path, *, resume: bool = False, progress: bool = True) -> Path:

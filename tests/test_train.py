@@ -130,3 +130,69 @@ def test_channels_last_trains_the_same_model(tmp_path):
         runs[fmt] = load_file(str(io.latest_checkpoint(tmp_path / fmt) / io.MODEL_FILE))
     for k in runs["false"]:
         torch.testing.assert_close(runs["true"][k], runs["false"][k], rtol=1e-4, atol=1e-5)
+
+
+def test_bar_total_follows_the_binding_budget():
+    """The bar's total is the step the run will stop at: far below max_steps when minutes bind (issue 12)."""
+    from difflab.train import bar_total
+
+    assert bar_total(0, 0.0, 100_000, 5.0) == 100_000  # nothing measured yet
+    assert bar_total(50, 30.0, 100_000, None) == 100_000  # no minute budget
+    assert bar_total(50, 30.0, 100_000, 5.0) == 500  # 50 steps in 30 s, 300 s to go in all: 500 steps
+    assert bar_total(50, 1.0, 3000, 5.0) == 3000  # 15000 steps would fit in the minutes: max_steps binds
+    assert bar_total(100, 1000.0, 100_000, 1.0) == 100  # past the budget: never below the steps done
+
+
+def test_log_with_is_checked(monkeypatch):
+    import importlib.util
+
+    from difflab.errors import UserError
+    from difflab.train import check_train_config
+
+    with pytest.raises(UserError, match="use one of none, tensorboard"):
+        check_train_config(tiny_config("train.log_with=wandb").train)
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):  # as if tensorboard were not installed
+        return None if name == "tensorboard" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(UserError, match=r"pip install 'difflab\[tensorboard\]'"):
+        check_train_config(tiny_config("train.log_with=tensorboard").train)
+    check_train_config(tiny_config("train.log_with=none").train)
+
+
+def _events(run):
+    """(loss steps, sample-image steps, image size) of a run's TensorBoard logs, read back by TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "logs" / "train"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    images = acc.Images("samples")
+    return [e.step for e in acc.Scalars("loss")], [e.step for e in images], (images[-1].height, images[-1].width)
+
+
+def test_log_with_tensorboard_writes_events_and_resumes_exactly(tmp_path):
+    """Loss, lr and images/s every log_every steps and a sample grid at each checkpoint, under RUN/logs;
+    a resumed run gives the uninterrupted run's weights, and its logs hide what the killed run wrote
+    after its checkpoint."""
+    pytest.importorskip("tensorboard")
+    from difflab.tasks import build_task
+
+    cfg = apply_overrides(load_config(None), ["model.base_channels=8", "train.max_steps=4", "train.checkpoint_every=2",
+                                              "train.batch_size=8", "train.log_every=2", "train.log_with=tensorboard"])
+    train(build_task(cfg), tmp_path / "straight", progress=False)
+    loss_steps, image_steps, (H, W) = _events(tmp_path / "straight")
+    assert loss_steps == [2, 4] and image_steps == [2, 4] and H > 8 and W > 8
+    assert [r["step"] for r in io.read_metrics(tmp_path / "straight")] == [2, 4]  # metrics.jsonl as without logs
+
+    # A run killed after logging steps 3-4 but before its step-4 checkpoint: resume from step 2.
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    shutil.rmtree(io.latest_checkpoint(tmp_path / "resumed"))
+    train(build_task(cfg), tmp_path / "resumed", resume=True, progress=False)
+    assert _events(tmp_path / "resumed")[:2] == ([2, 4], [2, 4])
+    for name in (io.MODEL_FILE, io.EMA_FILE):
+        a = load_file(str(io.latest_checkpoint(tmp_path / "straight") / name))
+        b = load_file(str(io.latest_checkpoint(tmp_path / "resumed") / name))
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
