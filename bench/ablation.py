@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from difflab.evaluate.fid import compute_fid  # noqa: E402
 from difflab.evaluate.features import get_feature_extractor  # noqa: E402
-from difflab.tasks.image import generate, load_image_model  # noqa: E402
+from difflab.tasks import sampling_run  # noqa: E402
 from runs import train_process  # noqa: E402
 
 CONFIG = "configs/fashion_mnist.yaml"
@@ -64,9 +64,9 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def score(run: Path, n: int, steps: int = 20) -> dict:
-    cfg, model = load_image_model(run)
+    loaded = sampling_run(run)
     t0 = time.perf_counter()
-    images, _ = generate(cfg, model, n, sampler="dpmpp-2m", steps=steps, seed=0, progress=False)
+    images = loaded.sample(n, sampler="dpmpp-2m", steps=steps, seed=0, progress=False).data  # uint8 (n, H, W, C)
     return {"fid": round(compute_fid(images, data="fashion-mnist", progress=False), 2),
             "sample_seconds": round(time.perf_counter() - t0, 1)}
 

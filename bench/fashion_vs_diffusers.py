@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from difflab.evaluate.fid import compute_fid  # noqa: E402
 from difflab.evaluate.features import get_feature_extractor  # noqa: E402
-from difflab.tasks.image import generate, load_image_model  # noqa: E402
+from difflab.tasks import sampling_run  # noqa: E402
 from runs import train_process  # noqa: E402
 from sampler_table import TABLES, sampler_table  # noqa: E402
 
@@ -48,9 +48,9 @@ def fid_of(images) -> float:
 
 
 def sample_difflab(out: Path, n: int, sampler: str, steps: int, **options) -> tuple[float, float]:
-    cfg, model = load_image_model(out)
+    loaded = sampling_run(out)
     t0 = time.perf_counter()
-    images, _ = generate(cfg, model, n, sampler=sampler, steps=steps, seed=0, progress=False, **options)
+    images = loaded.sample(n, sampler=sampler, steps=steps, seed=0, progress=False, **options).data  # (n, H, W, C)
     seconds = time.perf_counter() - t0
     return fid_of(images), seconds
 

@@ -4,7 +4,7 @@
 
 Trains ``configs/mixture2d.yaml`` (or ``--config``, with ``--set`` overrides) into ``--out``
 (reused when it holds a finished run), then measures the bound E[-ELBO] (nats per sample) of
-every checkpoint against the true entropy H (:func:`difflab.tasks.toy2d.bound_vs_entropy`):
+every checkpoint against the true entropy H (:func:`difflab.evaluate.known_density.bound_vs_entropy`):
 bound - H = floor + excess, where the floor is the bound of the exact denoiser E[x_0 | x_t]
 (the best any network can do with this schedule, T and reverse variance) and the excess is
 what the network's errors add. Prints a markdown table; ``--json`` also writes the rows.
@@ -30,8 +30,9 @@ import torch  # noqa: E402
 from difflab import io  # noqa: E402
 from difflab.config import load_config  # noqa: E402
 from difflab.data.mixture import load_mixture  # noqa: E402
+from difflab.evaluate.known_density import ElboOptions, bound_vs_entropy, exact_floor  # noqa: E402
 from difflab.schedules import schedule_from_config  # noqa: E402
-from difflab.tasks.toy2d import ElboOptions, Toy2DTask, bound_vs_entropy, exact_floor, load_toy_denoiser  # noqa: E402
+from difflab.tasks.toy2d import Toy2DTask, load_toy_denoiser  # noqa: E402
 from difflab.train import train  # noqa: E402
 
 

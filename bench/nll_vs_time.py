@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from difflab import io  # noqa: E402
-from difflab.evaluate.run_eval import NLL_IMAGES, NLL_STRATA, evaluate_run_nll  # noqa: E402
+from difflab.measure import NLL_IMAGES, NLL_STRATA, evaluate_run_nll  # noqa: E402
 
 
 def main() -> None:

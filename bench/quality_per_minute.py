@@ -52,7 +52,7 @@ import torch  # noqa: E402
 from difflab import io  # noqa: E402
 from difflab.evaluate.features import get_feature_extractor  # noqa: E402
 from difflab.evaluate.fid import compute_fid  # noqa: E402
-from difflab.tasks.image import generate, load_image_model  # noqa: E402
+from difflab.tasks import sampling_run  # noqa: E402
 from runs import run_summary, train_process  # noqa: E402
 
 CONFIG = "configs/fashion_mnist.yaml"
@@ -86,9 +86,9 @@ def merge(old: dict, new: dict) -> dict:
 
 def score(run_dir: Path, n: int, sampler: str | None = None, steps: int | None = None, **options) -> dict:
     """FID@n of a difflab run (its own sampler settings unless given) and the seconds sampling took."""
-    cfg, model = load_image_model(run_dir)
+    loaded = sampling_run(run_dir)
     t0 = time.perf_counter()
-    images, _ = generate(cfg, model, n, sampler=sampler, steps=steps, seed=0, progress=False, **options)
+    images = loaded.sample(n, sampler=sampler, steps=steps, seed=0, progress=False, **options).data  # (n, H, W, C)
     return {"fid": fid(images), "sample_seconds": round(time.perf_counter() - t0, 1), "n": n}
 
 

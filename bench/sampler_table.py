@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from difflab.evaluate.fid import compute_fid  # noqa: E402
-from difflab.tasks.image import generate, load_image_model  # noqa: E402
+from difflab.tasks import sampling_run  # noqa: E402
 
 Row = tuple[str, int, dict]  # (sampler, steps, options: eta, variance, grid)
 
@@ -47,9 +47,9 @@ TABLES: dict[str, list[Row]] = {
 
 def score_row(run: Path, data: str, n: int, sampler: str, steps: int, **options) -> dict:
     """Sample n images (seed 0) and return {sampler, steps, options..., fid, seconds}."""
-    cfg, model = load_image_model(run)
+    loaded = sampling_run(run)
     t0 = time.perf_counter()
-    images, _ = generate(cfg, model, n, sampler=sampler, steps=steps, seed=0, progress=False, **options)
+    images = loaded.sample(n, sampler=sampler, steps=steps, seed=0, progress=False, **options).data  # (n, H, W, C)
     seconds = time.perf_counter() - t0
     return {"sampler": sampler, "steps": steps, **options, "n": n,
             "fid": compute_fid(images, data=data, progress=False), "seconds": seconds}
