@@ -37,13 +37,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from difflab import io  # noqa: E402
-from difflab.config import Config, load_config  # noqa: E402
-from difflab.data import captioned_pairs  # noqa: E402
+from difflab.config import load_config  # noqa: E402
 from difflab.data.shapes import ATTRIBUTES, caption, matches_holdout, random_attributes  # noqa: E402
-from difflab.evaluate.fid import compute_fid, fixed_subset  # noqa: E402
-from difflab.evaluate.run_eval import text_metrics  # noqa: E402
+from difflab.evaluate.fid import compute_fid  # noqa: E402
 from difflab.tasks import sampling_run  # noqa: E402
-from difflab.tasks.clip import get_default_clip, load_clip  # noqa: E402
+from difflab.tasks.clip import get_default_clip  # noqa: E402
 from runs import train_for  # noqa: E402
 
 BENCH_SEED = 2026  # the prompts' seed: not the dataset's (0 train, 1 test) nor the classifier's (1000 + s, 999)
@@ -70,27 +68,15 @@ def train_run(out: Path, minutes: float, overrides: list[str]) -> dict:
     return train_for(out, CONFIG, minutes, overrides)
 
 
-def prompt_metrics(cfg: Config, images: np.ndarray, prompts: list[str]) -> dict:
-    """CLIP score (the dataset's default CLIP), retrieval and attribute accuracy of ``images`` drawn for
-    ``prompts``, beside as many real test pairs (holdout ignored): the text half of the run's metrics."""
-    d = cfg.data
-    _, clip, tokenizer = load_clip(get_default_clip(d.name, data_path=d.path, resolution=d.resolution,
-                                                    channels=d.channels, progress=False))
-    real_images, real_texts, _ = captioned_pairs(d.name, path=d.path, resolution=d.resolution, channels=d.channels,
-                                                 split="test", size=d.size)
-    pick = fixed_subset(np.arange(len(real_texts)), len(prompts))
-    return text_metrics(images, prompts, clip, tokenizer, real_images[pick], [real_texts[i] for i in pick])
-
-
 def score(run: Path, prompts: list[str], guidance: float, fid: bool = True) -> dict:
     """Sample one image per prompt at ``guidance`` and measure it."""
     loaded = sampling_run(run)
     cfg = loaded.config
     t0 = time.perf_counter()
-    images = loaded.sample(len(prompts), cond=prompts, guidance=guidance, seed=BENCH_SEED,
-                           progress=False).data  # uint8 (n, H, W, C)
+    samples = loaded.sample(len(prompts), cond=prompts, guidance=guidance, seed=BENCH_SEED, progress=False)
+    images = samples.data  # uint8 (n, H, W, C)
     row = {"guidance": guidance, "sample_seconds": round(time.perf_counter() - t0, 1)}
-    row.update(prompt_metrics(cfg, images, prompts))
+    row.update({k: v for k, v in loaded.prompt_metrics(samples, progress=False).items() if k != "clip_run"})
     if fid:
         row["fid"] = compute_fid(images, data="shapes", resolution=cfg.data.resolution, progress=False)
     return row

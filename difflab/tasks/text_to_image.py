@@ -191,11 +191,17 @@ class TextToImageRun(ImageRun):
     def metrics(self, samples: Samples, *, data: str | None = None, data_path: str | None = None,
                 features: str | Path | None = None, clip_run: str | Path | None = None,
                 progress: bool = True) -> dict[str, Any]:
-        """The image metrics plus how well the images follow their prompts (CLIP score of difflab's own
-        CLIP: ``clip_run``, or the dataset's default, trained once and cached; attribute accuracy)."""
+        """The image metrics plus how well the images follow their prompts (:meth:`prompt_metrics`)."""
+        out = super().metrics(samples, data=data, data_path=data_path, features=features, progress=progress)
+        return out | self.prompt_metrics(samples, clip_run=clip_run, progress=progress)
+
+    def prompt_metrics(self, samples: Samples, *, clip_run: str | Path | None = None,
+                       progress: bool = True) -> dict[str, Any]:
+        """CLIP score and retrieval of the images with their prompts under difflab's own CLIP (``clip_run``,
+        or the dataset's default, trained once and cached), beside as many real test pairs, and attribute
+        accuracy (:func:`difflab.evaluate.run_eval.text_metrics`)."""
         from difflab.tasks.clip import get_default_clip, load_clip
 
-        out = super().metrics(samples, data=data, data_path=data_path, features=features, progress=progress)
         d = self.config.data
         clip_run = clip_run or get_default_clip(d.name, data_path=d.path, resolution=d.resolution,
                                                 channels=d.channels, progress=progress)
@@ -204,8 +210,8 @@ class TextToImageRun(ImageRun):
         real_images, real_texts, _ = captioned_pairs(d.name, path=d.path, resolution=d.resolution,
                                                      channels=d.channels, split="test", size=d.size)
         pick = fixed_subset(np.arange(len(real_texts)), len(prompts))
-        return out | text_metrics(samples.data, prompts, clip, tokenizer, real_images[pick],
-                                  [real_texts[i] for i in pick]) | {"clip_run": str(clip_run)}
+        return text_metrics(samples.data, prompts, clip, tokenizer, real_images[pick],
+                            [real_texts[i] for i in pick]) | {"clip_run": str(clip_run)}
 
     def grid_rows(self, rows: int, seed: int) -> list[GridRow]:
         """REPORT_ROWS prompts drawn from the data with ``seed``, each printed under its row."""
