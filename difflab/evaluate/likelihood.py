@@ -359,7 +359,7 @@ def image_nll(cfg: Config, model: nn.Module, images_uint8: Tensor | np.ndarray, 
     condition dropout) gives the unconditional -log p(x), comparable with unconditional runs.
 
     Args:
-        cfg, model: a run as :func:`difflab.tasks.image.load_image_model` returns it.
+        cfg, model: a loaded image run's config and network (``ImageRun.config``, ``ImageRun.model``).
         images_uint8: uint8 (N, C, H, W) at the run's channels and resolution.
         labels: (N,) class ids for a class-conditional run, or None (null condition).
         variance: sigma_t^2 of the reverse process, ``beta_tilde`` | ``beta``; None = the run's
