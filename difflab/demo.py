@@ -18,7 +18,7 @@ import torch
 
 from difflab import io
 from difflab.config import Config, DataConfig, DiffusionConfig, ModelConfig, SampleConfig, TrainConfig, load_config
-from difflab.tasks.base import Run, SampleRequest
+from difflab.tasks.base import Run, SampleRequest, rows_condition
 
 DEMO_FID_SAMPLES = 1000  # fixed sample count of the demo's FID and CLIP score
 DEMO_MINUTES = 6.0  # the demo's training budget (configs/shapes.yaml trains 10): make demo < 15 min on 2 cores
@@ -73,8 +73,7 @@ def _grid(out: Path, run: Run) -> Path:
         req = run.request(args, DEMO_PER_ROW, DEMO_PER_ROW)
     else:
         rows = run.grid_rows(DEMO_PER_ROW, 0)
-        cond = None if all(r.cond is None for r in rows) else [r.cond for r in rows for _ in range(DEMO_PER_ROW)]
-        req = SampleRequest(max(len(rows), 1) * DEMO_PER_ROW, cond, DEMO_PER_ROW)
+        req = SampleRequest(max(len(rows), 1) * DEMO_PER_ROW, rows_condition(rows, DEMO_PER_ROW), DEMO_PER_ROW)
     samples = run.sample(req.n, cond=req.cond, seed=0)
     return run.save(replace(samples, ncol=req.ncol), path)
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from difflab import grids, io
 from difflab.config import Config
 from difflab.evaluate.run_eval import EVAL_FILE
+from difflab.tasks.base import rows_condition
 
 DEFAULT_GRIDS: tuple[tuple[str, int], ...] = (("dpmpp-2m", 10), ("dpmpp-2m", 20), ("ddim", 20), ("ddpm", 100))
 DEFAULT_SAMPLES = 8  # images per grid row
@@ -41,11 +42,8 @@ GIT_TIMEOUT_S = 5
 # -- context ---------------------------------------------------------------------------------
 @dataclass
 class ReportContext:
-    """Everything the section builders read."""
+    """Everything the section builders read: the loaded run and what was read beside it."""
 
-    run: Path
-    cfg: Config
-    checkpoint: Path
     loaded: Any  # the run folder loaded as its kind's difflab.tasks.base.Run
     log_rows: list[dict[str, Any]]  # metrics.jsonl
     evaluation: dict[str, Any] | None  # metrics.json, None when absent or unreadable
@@ -57,9 +55,18 @@ class ReportContext:
     progress: bool = True
 
     @property
+    def run(self) -> Path:
+        """The run folder."""
+        return Path(self.loaded.folder)
+
+    @property
+    def cfg(self) -> Config:
+        return self.loaded.config
+
+    @property
     def checkpoint_step(self) -> int:
-        """Training step of the newest checkpoint (from its folder name ``step-NNNNNNNN``)."""
-        return int(self.checkpoint.name.removeprefix(io.CHECKPOINT_PREFIX))
+        """Training step of the loaded (newest) checkpoint."""
+        return self.loaded.checkpoint_step
 
     def eval_hint(self, problem: str = "not computed yet") -> str:
         """``problem`` and the command that fills in what ``difflab eval`` computes."""
@@ -89,8 +96,8 @@ def load_context(loaded: Any, **options: Any) -> ReportContext:
     """
     run = Path(loaded.folder)
     evaluation, problem = _read_evaluation(run)
-    return ReportContext(run=run, cfg=loaded.config, checkpoint=loaded.checkpoint, loaded=loaded,
-                         log_rows=io.read_metrics(run), evaluation=evaluation, evaluation_problem=problem, **options)
+    return ReportContext(loaded=loaded, log_rows=io.read_metrics(run), evaluation=evaluation,
+                         evaluation_problem=problem, **options)
 
 
 # -- html pieces -------------------------------------------------------------------------------
@@ -215,7 +222,7 @@ def samples_section(ctx: ReportContext) -> tuple[str, str]:
     row of the run's ``grid_rows`` (a class, a prompt printed under it, or a seed)."""
     run, N = ctx.loaded, ctx.samples
     rows = run.grid_rows(N, ctx.seed)
-    cond = None if all(r.cond is None for r in rows) else [r.cond for r in rows for _ in range(N)]  # row-major
+    cond = rows_condition(rows, N)
     parts = []
     for sampler, steps in tqdm(ctx.grids, desc="report: sampling grids", unit="grid", disable=not ctx.progress):
         t0 = time.perf_counter()

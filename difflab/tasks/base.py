@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from difflab import io
 from difflab.config import Config
 from difflab.errors import UserError
 
@@ -99,6 +100,14 @@ class GridRow:
     label: str
     cond: Any = None  # what :meth:`Run.sample` takes as ``cond`` for the row's samples
     prompt: str | None = None  # printed under the row
+
+
+def rows_condition(rows: Sequence[GridRow], per_row: int) -> list[Any] | None:
+    """The ``cond`` of :meth:`Run.sample` for ``per_row`` samples of each row, row-major; None when every
+    row is unconditional."""
+    if all(r.cond is None for r in rows):
+        return None
+    return [r.cond for r in rows for _ in range(per_row)]
 
 
 @dataclass(frozen=True)
@@ -207,7 +216,7 @@ class RunBase:
     @property
     def checkpoint_step(self) -> int:
         """Training step of the loaded checkpoint (from its folder name ``step-NNNNNNNN``)."""
-        return int(self.checkpoint.name.rsplit("-", 1)[-1])
+        return int(self.checkpoint.name.removeprefix(io.CHECKPOINT_PREFIX))
 
     def _cannot(self, what: str) -> UserError:
         return UserError(f"{self.folder} is {a_run(self.task)}, which has no {what}: pass a run that has one")
@@ -261,4 +270,4 @@ class GaussianRun(Protocol):
         ...
 
 
-__all__ = ["GaussianRun", "GaussianTask", "GridRow", "Run", "RunBase", "SampleRequest", "a_run", "Samples", "Section", "Task"]
+__all__ = ["GaussianRun", "GaussianTask", "GridRow", "Run", "RunBase", "SampleRequest", "a_run", "rows_condition", "Samples", "Section", "Task"]

@@ -3,7 +3,7 @@
 The one training loop (:mod:`difflab.train`) does the rest (EMA, checkpoints, resume, progress).
 Each step draws a batch of (image, caption) pairs with replacement, so a batch may hold the same
 caption twice; such pairs are counted as positives of each other
-(:func:`difflab.losses.clip_contrastive_loss` with ``groups``), not as negatives.
+(:func:`difflab.contrastive.clip_contrastive_loss` with ``groups``), not as negatives.
 
 The built-in default (:func:`clip_config`, spelled out in configs/clip_shapes.yaml) is sized so
 that ``difflab clip train --data shapes`` reaches >= 95% retrieval accuracy on held-out renders in

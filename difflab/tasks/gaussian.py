@@ -35,6 +35,14 @@ def algorithm1(model: nn.Module, x0: Tensor, cond: Cond, schedule: Schedule, cfg
                           weighting=dc.weighting, min_snr_gamma=dc.min_snr_gamma, generator=generator)
 
 
+def guided_denoiser(model: nn.Module, schedule: Schedule, cfg: Config, guidance: float | None = None) -> Denoiser:
+    """``model`` as ``D(x_t, t, cond) -> x0_hat`` (``cfg.diffusion.prediction``, ``cfg.sample.clip_x0``) with
+    classifier-free guidance (None = ``cfg.sample.guidance``)."""
+    s = cfg.sample
+    denoiser = NetworkDenoiser(model, schedule, cfg.diffusion.prediction, clip_x0=s.clip_x0)
+    return classifier_free_guidance(denoiser, s.guidance if guidance is None else guidance)
+
+
 def load_network(model: nn.Module, checkpoint: Path, ema: bool, device: torch.device | str) -> nn.Module:
     """``model`` with the (EMA) weights of ``checkpoint``, on ``device``, in eval mode without gradients."""
     io.load_weights(model, checkpoint / (io.EMA_FILE if ema else io.MODEL_FILE))
@@ -50,8 +58,8 @@ def check_count(n: int) -> None:
 class GaussianRunBase(RunBase):
     """A trained run of Gaussian diffusion: its network (EMA weights) in the denoiser contract.
 
-    Subclasses define ``task``, the shape of one sample and how conditions become the network's
-    ``cond``; :meth:`draw` runs any sampler over ``n`` samples in batches.
+    Subclasses define ``task``, :meth:`build` (the network), the shape of one sample and how conditions
+    become the network's ``cond``; :meth:`draw` runs any sampler over ``n`` samples in batches.
     """
 
     can_sample = True
@@ -60,6 +68,18 @@ class GaussianRunBase(RunBase):
         super().__init__(folder, config, checkpoint)
         self.model = model
         self.schedule: Schedule = schedule_from_config(config.diffusion)
+
+    @classmethod
+    def build(cls, cfg: Config, folder: Path) -> nn.Module:
+        """The run's network, before its weights are loaded."""
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, folder: Path, config: Config, device: torch.device | str = "cpu", *, ema: bool = True,
+             checkpoint: Path | None = None) -> GaussianRunBase:
+        """:meth:`build` the network of ``folder`` and load the (EMA) weights of ``checkpoint`` (None = the newest)."""
+        checkpoint = checkpoint or io.require_checkpoint(folder)
+        return cls(folder, config, load_network(cls.build(config, folder), checkpoint, ema, device), checkpoint)
 
     @property
     def device(self) -> torch.device:
@@ -72,9 +92,7 @@ class GaussianRunBase(RunBase):
 
     def denoiser(self, guidance: float | None = None) -> Denoiser:
         """The network as ``D(x_t, t, cond) -> x0_hat`` with guidance (None = ``sample.guidance``)."""
-        s = self.config.sample
-        denoiser = NetworkDenoiser(self.model, self.schedule, self.config.diffusion.prediction, clip_x0=s.clip_x0)
-        return classifier_free_guidance(denoiser, s.guidance if guidance is None else guidance)
+        return guided_denoiser(self.model, self.schedule, self.config, guidance)
 
     def sampler_options(self, sampler: str | None, steps: int | None,
                         options: dict[str, Any]) -> tuple[str, int, str | None, dict[str, Any]]:
@@ -111,4 +129,4 @@ class GaussianRunBase(RunBase):
         return out
 
 
-__all__ = ["GaussianRunBase", "algorithm1", "check_count", "load_network"]
+__all__ = ["GaussianRunBase", "algorithm1", "check_count", "guided_denoiser", "load_network"]

@@ -29,7 +29,7 @@ from difflab.models.unet import UNet
 from difflab.samplers import sample
 from difflab.schedules import Schedule, schedule_from_config
 from difflab.tasks.base import GridRow, SampleRequest, Samples, Section
-from difflab.tasks.gaussian import GaussianRunBase, algorithm1, load_network
+from difflab.tasks.gaussian import GaussianRunBase, algorithm1, guided_denoiser
 
 PREVIEW_SAMPLES = 16  # images in the training log's preview grid (train.log_with)
 PREVIEW_STEPS = 10  # sampler steps of the preview
@@ -66,13 +66,10 @@ def load_images(cfg: Config, split: str = "train") -> ImageDataset:
 def preview_grid(model: nn.Module, schedule: Schedule, cfg: Config, cond: Cond | None) -> np.ndarray:
     """uint8 (H, W, C): PREVIEW_SAMPLES images of ``model`` (seed 0, PREVIEW_STEPS steps of the run's
     sampler), for the training logs; ``model`` is left in the mode it was in."""
-    from difflab.denoisers import NetworkDenoiser, classifier_free_guidance
-
     training = model.training
     model.eval()
     device = next(model.parameters()).device
-    denoiser = classifier_free_guidance(NetworkDenoiser(model, schedule, cfg.diffusion.prediction,
-                                                        clip_x0=cfg.sample.clip_x0), cfg.sample.guidance)
+    denoiser = guided_denoiser(model, schedule, cfg)
     C, H = image_channels(cfg), cfg.data.resolution
     with torch.inference_mode():
         x = sample(cfg.sample.sampler, denoiser, (PREVIEW_SAMPLES, C, H, H), schedule, steps=PREVIEW_STEPS,
@@ -162,16 +159,7 @@ class ImageRun(GaussianRunBase):
 
     @classmethod
     def build(cls, cfg: Config, folder: Path) -> nn.Module:
-        """The run's network, before its weights are loaded."""
         return build_unet(cfg, image_channels(cfg))
-
-    @classmethod
-    def load(cls, folder: Path, config: Config, device: torch.device | str = "cpu", *, ema: bool = True,
-             checkpoint: Path | None = None) -> ImageRun:
-        from difflab import io
-
-        checkpoint = checkpoint or io.require_checkpoint(folder)
-        return cls(folder, config, load_network(cls.build(config, folder), checkpoint, ema, device), checkpoint)
 
     @property
     def conditional(self) -> bool:
@@ -243,10 +231,8 @@ class ImageRun(GaussianRunBase):
                 progress: bool = True) -> dict[str, Any]:
         """FID, KID, precision, recall, density and coverage (:func:`difflab.evaluate.run_eval.evaluate_images`)."""
         data, data_path = self._reference(data, data_path)
-        C, H, _ = self.image_shape
-        net = extractor_for(C, data=data, data_path=data_path, resolution=H, weights=features)
-        return {"data": data, **evaluate_images(samples.data, data=data, data_path=data_path, resolution=H,
-                                                extractor=net, progress=progress)}
+        return {"data": data, **evaluate_images(samples.data, data=data, data_path=data_path,
+                                                resolution=self.image_shape[1], weights=features, progress=progress)}
 
     def check_fid(self, *, data: str | None = None, data_path: str | None = None,
                   features: str | Path | None = None) -> None:

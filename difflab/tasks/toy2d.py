@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from difflab import io, report_html
+from difflab import report_html
 from difflab.config import Config
 from difflab.data.mixture import GaussianMixture, load_mixture
 from difflab.denoisers import Denoiser, NetworkDenoiser
@@ -27,8 +27,8 @@ from difflab.evaluate.known_density import bound_vs_entropy
 from difflab.models.mlp import ResidualMLP
 from difflab.paths import atomic_path
 from difflab.schedules import Schedule, schedule_from_config
-from difflab.tasks.base import SampleRequest, Samples, Section
-from difflab.tasks.gaussian import GaussianRunBase, algorithm1, load_network
+from difflab.tasks.base import SampleRequest, Samples, Section, a_run
+from difflab.tasks.gaussian import GaussianRunBase, algorithm1
 
 MIXTURE_POINTS = 2000  # samples in the report's scatter plots
 MIXTURE_BOUND_SAMPLES = 2048  # samples of the report's bound against the entropy
@@ -83,11 +83,8 @@ class Toy2DRun(GaussianRunBase):
         self.mixture = load_mixture(config.data.name)
 
     @classmethod
-    def load(cls, folder: Path, config: Config, device: torch.device | str = "cpu", *, ema: bool = True,
-             checkpoint: Path | None = None) -> Toy2DRun:
-        checkpoint = checkpoint or io.require_checkpoint(folder)
-        model = build_mlp(config, load_mixture(config.data.name).dim)
-        return cls(folder, config, load_network(model, checkpoint, ema, device), checkpoint)
+    def build(cls, cfg: Config, folder: Path) -> nn.Module:
+        return build_mlp(cfg, load_mixture(cfg.data.name).dim)
 
     def denoiser(self, guidance: float | None = None) -> Denoiser:
         """The network as a denoiser, never clamped (mixture data are not in [-1, 1]) nor guided."""
@@ -141,11 +138,13 @@ class Toy2DRun(GaussianRunBase):
 
 def load_toy_denoiser(run: str | Path, ckpt: Path | None = None, ema: bool = True) -> tuple[Config, Denoiser]:
     """The config and the denoiser of a mixture run at checkpoint ``ckpt`` (default: the newest), on the CPU."""
-    from difflab.tasks import resolve
+    from difflab.tasks import load_run
 
-    cfg = resolve(io.read_run_config(run))
-    loaded = Toy2DRun.load(Path(run), cfg, ema=ema, checkpoint=ckpt)
-    return cfg, loaded.denoiser()
+    loaded = load_run(run, ema=ema, checkpoint=ckpt)
+    if not isinstance(loaded, Toy2DRun):
+        raise UserError(f"{run} is {a_run(loaded.task)}, not a 2-D mixture run: pass the --out folder of "
+                        f"`difflab train configs/mixture2d.yaml`")
+    return loaded.config, loaded.denoiser()
 
 
 # -- report sections -------------------------------------------------------------------------------
