@@ -80,11 +80,13 @@ def _train_config(args: argparse.Namespace, fresh=None):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from difflab.files import check_output
     from difflab.tasks import build_task
     from difflab.train import check_train_config, train
 
     cfg = _train_config(args)
     check_train_config(cfg.train)
+    check_output(args.out, "run folder", folder=True)
     ckpt = train(build_task(cfg), args.out, resume=args.resume, progress=not args.no_progress)
     if _is_main_process():
         print(f"trained {args.out}: checkpoint {ckpt}")
@@ -233,10 +235,13 @@ def _generate(args: argparse.Namespace, n: int | None, verb: str = "sample", che
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    run, samples = _generate(args, args.n)
-    s = run.config.sample
-    out = args.out or run.default_output(args.sampler or s.sampler, args.steps or s.steps)
-    print(f"wrote {run.save(samples, Path(out))}")
+    def output(run) -> Path:
+        s = run.config.sample
+        return run.check_output(Path(args.out) if args.out else
+                                run.default_output(args.sampler or s.sampler, args.steps or s.steps))
+
+    run, samples = _generate(args, args.n, check=output)  # the output is checked before any sampling
+    print(f"wrote {run.save(samples, output(run))}")
 
 
 # -- fid / features ----------------------------------------------------------------------------
@@ -477,8 +482,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_ENV = "DIFFLAB_DEBUG"  # DIFFLAB_DEBUG=1: unexpected errors show their traceback in the terminal too
+ERROR_LOG = "error.log"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (2 for bad input)."""
+    """Run the CLI; returns the exit status: 0, 2 for bad input (one line), 1 for anything else.
+
+    Nothing ends in a traceback: an exception that is not a :class:`UserError` becomes one line naming
+    a log file (``RUN/error.log``, else the cache folder's) that holds the full traceback for a bug report.
+    """
+    args = None
     try:
         args = build_parser().parse_args(argv)
         args.func(args)
@@ -486,9 +500,54 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted" + (f": continue with `difflab train --out {args.out} --resume`"
+                               if getattr(args, "func", None) is cmd_train else ""), file=sys.stderr)
         return 130
+    except Exception as e:  # the last line of defence
+        return _unexpected(e, args, argv)
     return 0
+
+
+def _unexpected(e: Exception, args: argparse.Namespace | None, argv: list[str] | None) -> int:
+    """One line for an exception difflab did not foresee; the traceback goes to a log file."""
+    import traceback
+
+    from difflab.files import os_error
+
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        traceback.print_exc()
+    if isinstance(e, OSError) and e.errno is not None:  # disk full, permissions: the user's to fix
+        message, code = str(os_error(e)), 2
+    elif isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        message, code = ("out of memory: use smaller batches (--batch-size N, or --set train.batch_size=N) "
+                         "or a smaller model"), 2
+    else:
+        first = (str(e).splitlines() or [""])[0][:200]
+        message, code = f"unexpected {type(e).__name__}{': ' + first if first else ''}", 1
+    log = _write_error_log(args, argv)
+    where = f"the full traceback is in {log}" if log else "DIFFLAB_DEBUG=1 shows the traceback"
+    tail = "" if code == 2 else "; this is a bug in difflab: please report it with that file"
+    print(f"error: {message} ({where}{tail})", file=sys.stderr)
+    return code
+
+
+def _write_error_log(args: argparse.Namespace | None, argv: list[str] | None) -> Path | None:
+    """Write the current traceback to RUN/error.log (the run folder the command names), else the cache's."""
+    import platform
+    import traceback
+
+    from difflab.paths import atomic_write_bytes, cache_dir
+
+    text = (f"difflab {' '.join(argv if argv is not None else sys.argv[1:])}\n"
+            f"python {platform.python_version()} on {platform.platform()}\n\n{traceback.format_exc()}")
+    candidates = [getattr(args, name, None) for name in ("out", "run")]
+    folders = [Path(c) for c in candidates if c and Path(c).is_dir()]
+    for folder in folders + [None]:
+        try:
+            return atomic_write_bytes((folder or cache_dir()) / ERROR_LOG, text.encode())
+        except Exception:  # noqa: BLE001 - a log that cannot be written must not hide the error
+            continue
+    return None
 
 
 if __name__ == "__main__":

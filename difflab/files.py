@@ -146,12 +146,17 @@ def read_npz(path: str | Path, keys: Iterable[str], what: str = "array file",
         raise UserError(f"{what} {path} is not a readable .npz ({reason[:120]}): {fix}") from None
 
 
-def check_output(path: str | Path, what: str = "output") -> Path:
-    """Check before any work that ``path`` can be written: its nearest existing parent is a writable folder.
+def check_output(path: str | Path, what: str = "output", *, folder: bool = False) -> Path:
+    """Check before any work that ``path`` can be written: its nearest existing parent is a writable folder,
+    and ``path`` itself is not a folder (a file output) or a file (``folder=True``).
 
     Folders that do not exist yet are fine (they are created when the output is written).
     """
     path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder: choose a folder name")
+    if not folder and path.is_dir():
+        raise UserError(f"{what} {path} is a folder: name a file, e.g. {path / 'out'}{path.suffix or '.png'}")
     parent = path.parent
     while not parent.exists():
         if parent == parent.parent:

@@ -71,7 +71,7 @@ def save_images(path: str | Path, images: np.ndarray, labels: np.ndarray | None 
     """Write samples: ``.npz`` (``images`` uint8 (N, H, W, C), ``labels``, ``prompts`` if any, extras),
     ``.png`` (a grid; with prompts and ``ncol``, one row per prompt printed under it) or a folder (one PNG
     per sample, plus ``metadata.jsonl`` with the prompts: an image folder difflab can train on).
-    Every file is written atomically."""
+    Every file and the folder are written atomically."""
     path = Path(path)
     if prompts is not None:
         extra["prompts"] = np.asarray(list(prompts), dtype=str)
@@ -86,11 +86,12 @@ def save_images(path: str | Path, images: np.ndarray, labels: np.ndarray | None 
         _save_png(path, image_grid(images, ncol))
     elif path.suffix:
         raise UserError(f"cannot write samples to {path}: use a .npz or .png file, or a folder name")
-    else:
-        path.mkdir(parents=True, exist_ok=True)
-        for i, img in enumerate(images):
-            _save_png(path / f"{i:06d}.png", img)
-        if prompts is not None:
-            atomic_write_bytes(path / "metadata.jsonl", "".join(
-                json.dumps({"file_name": f"{i:06d}.png", "text": p}) + "\n" for i, p in enumerate(prompts)).encode())
+    else:  # the folder appears complete, or not at all (it replaces an earlier folder of samples)
+        with atomic_path(path) as tmp:
+            tmp.mkdir()
+            for i, img in enumerate(images):
+                _save_png(tmp / f"{i:06d}.png", img)
+            if prompts is not None:
+                atomic_write_bytes(tmp / "metadata.jsonl", "".join(
+                    json.dumps({"file_name": f"{i:06d}.png", "text": p}) + "\n" for i, p in enumerate(prompts)).encode())
     return path

@@ -17,18 +17,21 @@ training state (optimizer, step) is loaded with ``torch.load(weights_only=True)`
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from difflab.config import Config, dump_config, load_config
 from difflab.errors import UserError
+from difflab.files import os_error, read_safetensors, read_torch_state
 from difflab.paths import atomic_path
 
 CONFIG_FILE = "config.yaml"
@@ -39,6 +42,7 @@ MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 STATE_FILE = "state.pt"
 CHECKPOINT_PREFIX = "step-"
+LOCK_FILE = ".lock"  # held (flock) by the one process training into the folder; holds its pid
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -50,9 +54,52 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 # -- run folder ---------------------------------------------------------------------------
 def init_run(out: Path, cfg: Config) -> None:
     """Create a run folder and write its resolved config."""
-    (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-    (out / "samples").mkdir(exist_ok=True)
+    try:
+        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        (out / "samples").mkdir(exist_ok=True)
+    except OSError as e:
+        raise os_error(e, out, "run folder") from None
+    write_config(out, cfg)
+
+
+def write_config(out: Path, cfg: Config) -> None:
+    """(Re)write a run's resolved ``config.yaml``."""
     write_text_atomic(out / CONFIG_FILE, dump_config(cfg))
+
+
+@contextlib.contextmanager
+def run_lock(run: Path) -> Iterator[None]:
+    """Be the one writer of ``run`` while the block runs: an exclusive ``flock`` on ``RUN/.lock``.
+
+    A second process refuses with one line naming the holder's pid. The kernel drops the lock when its
+    process dies, however it dies, so the lock of a killed run is simply taken over. A folder this call
+    created and the block left empty (it failed before writing anything) is removed again.
+    """
+    created = not run.exists()
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise os_error(e, run, "run folder") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise UserError(f"{run} is being trained right now by process {holder}: wait for it to finish or stop it, "
+                            "or train into another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+        if created and _holds_nothing(run):
+            shutil.rmtree(run, ignore_errors=True)
+
+
+def _holds_nothing(folder: Path) -> bool:
+    """Whether ``folder`` holds only the lock file and empty folders."""
+    return all(p.name == LOCK_FILE or (p.is_dir() and not any(p.iterdir())) for p in folder.iterdir())
 
 
 def read_run_config(run: str | Path) -> Config:
@@ -75,7 +122,7 @@ def latest_checkpoint(run: str | Path) -> Path | None:
     ckpts = Path(run) / CHECKPOINTS
     pointer = ckpts / LATEST
     if pointer.is_file():
-        candidate = ckpts / pointer.read_text().strip()
+        candidate = ckpts / pointer.read_text(errors="replace").strip()
         if (candidate / STATE_FILE).is_file():
             return candidate
     done = list_checkpoints(run)
@@ -133,15 +180,21 @@ def remove_stale_temporaries(run: Path) -> int:
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:
-    """The training state of a checkpoint (plain tensors and numbers only)."""
-    return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+    """The training state of a checkpoint (plain tensors and numbers only: nothing in the file can run)."""
+    state = read_torch_state(ckpt / STATE_FILE, "training state",
+                             f"delete the folder {ckpt} to resume from the checkpoint before it")
+    if "step" not in state:
+        raise UserError(f"training state {ckpt / STATE_FILE} has no step, so it was not written by difflab: "
+                        f"delete the folder {ckpt} to resume from the checkpoint before it")
+    return state
 
 
 def load_weights(module: nn.Module, file: Path) -> None:
     """Load a safetensors file into ``module``; a one-line error when the architecture differs."""
     if not file.is_file():
         raise UserError(f"checkpoint file {file} is missing: the checkpoint is incomplete, use an earlier one")
-    tensors = load_file(str(file))
+    tensors = read_safetensors(file, "checkpoint file", f"delete the folder {file.parent} to use the checkpoint "
+                                                        "before it, or retrain")
     own = module.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
@@ -157,8 +210,11 @@ def load_weights(module: nn.Module, file: Path) -> None:
 # -- metrics ----------------------------------------------------------------------------------
 def append_metrics(run: Path, row: dict[str, Any]) -> None:
     """Append one JSON row to ``metrics.jsonl``."""
-    with open(run / METRICS_FILE, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    try:
+        with open(run / METRICS_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        raise os_error(e, run / METRICS_FILE, "training log") from None
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
@@ -166,7 +222,7 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
     path = run / METRICS_FILE
     rows = []
     if path.is_file():
-        for line in path.read_text().splitlines():
+        for line in path.read_text(errors="replace").splitlines():
             with contextlib.suppress(json.JSONDecodeError):
                 rows.append(json.loads(line))
     return rows

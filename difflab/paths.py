@@ -8,7 +8,8 @@ The cache (feature extractors, FID statistics) lives in the first of::
 
 Every file difflab writes goes through :func:`atomic_path`: it is written under a temporary
 name in the same folder and renamed into place only when complete, so a process killed at any
-moment leaves either the old file or the new one, never half of one.
+moment leaves either the old file or the new one, never half of one; a write that fails (no
+permission, disk full) removes its temporary and is one :class:`~difflab.errors.UserError` line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+from difflab.files import os_error
 
 CACHE_ENV = "DIFFLAB_CACHE"
 XDG_CACHE_ENV = "XDG_CACHE_HOME"
@@ -75,9 +78,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             np.savez(open(tmp, "wb"), mu=mu)
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         if tmp.is_file():
             with open(tmp, "rb") as f:
@@ -86,8 +89,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(path)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:  # no permission, read-only, disk full: one line naming what was being written
+        raise os_error(e, path, "output") from None
     finally:
-        _remove(tmp)
+        with contextlib.suppress(OSError):
+            _remove(tmp)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -9,6 +9,11 @@ whose total and ETA follow whichever budget ends the run first, ``metrics.jsonl`
 and exact resume. Each step draws its batch and noise from a generator seeded by (seed, step, rank),
 so a resumed run continues exactly where the uninterrupted one would have been.
 
+Guards: one process trains into a folder at a time (``RUN/.lock``, see :func:`difflab.io.run_lock`); a loss
+or gradient that is not finite stops the run before the optimizer step, with one line naming the step and
+the fix, and no checkpoint with non-finite weights is ever written, so the newest one is the last good one.
+A ``train.lr`` given with ``--resume`` replaces the saved one.
+
 What a run folder gets from training::
 
     RUN/config.yaml          the resolved config
@@ -33,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast
 from torch import nn
 from tqdm.auto import tqdm
@@ -165,15 +170,33 @@ class _Trainer:
         self.opt.optimizer.load_state_dict(state["optimizer"])
         self.sched.scheduler.load_state_dict(state["scheduler"])
         self.step, self.elapsed_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
+        self._apply_new_optimizer_settings()
         if self.acc.is_main_process:
             io.truncate_metrics(self.out, self.step)
+            io.write_config(self.out, self.cfg)  # what --set changed on resume (a lower lr, a longer budget)
             print(f"resuming {self.out} from step {self.step}")
+
+    def _apply_new_optimizer_settings(self) -> None:
+        """After loading a checkpoint: a ``train.lr`` or ``train.weight_decay`` given on resume replaces the saved
+        one (the optimizer state would otherwise restore it); unchanged settings leave the state exactly as saved."""
+        t, sched = self.cfg.train, self.sched.scheduler
+        for i, group in enumerate(self.opt.optimizer.param_groups):
+            if sched.base_lrs[i] != t.lr:
+                sched.base_lrs[i] = group["initial_lr"] = t.lr
+                group["lr"] = t.lr * sched.lr_lambdas[i](sched.last_epoch)
+            group["weight_decay"] = t.weight_decay
 
     def save(self, finished: bool = False) -> None:
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             weights = {io.MODEL_FILE: self.plain_model().state_dict(),
                        io.EMA_FILE: self.ema.state_dict()}
+            for filename, tensors in weights.items():  # never a non-finite checkpoint: the last good one stays
+                bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())),
+                           None)
+                if bad is not None:
+                    raise UserError(f"{self.diverged()}: weight {bad} of {filename} is not finite, so no "
+                                    f"checkpoint was written at step {self.step}: {self.fix()}")
             state = {"step": self.step, "optimizer": self.opt.optimizer.state_dict(),
                      "scheduler": self.sched.scheduler.state_dict(), "elapsed_s": self.elapsed(),
                      "finished": finished}
@@ -200,7 +223,11 @@ class _Trainer:
                 self.acc.backward(loss)
             total += loss.item()
         if t.grad_clip > 0:
-            self.acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), t.grad_clip))
+        else:
+            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters()
+                                                             if p.grad is not None]))
+        self.check_finite(total, grad_norm)
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
@@ -208,6 +235,32 @@ class _Trainer:
         ema_update(self.ema, self.plain_model(),
                    min(t.ema_decay, (1 + self.step) / (EMA_WARMUP + self.step)))
         return total
+
+    def check_finite(self, loss: float, grad_norm: float) -> None:
+        """Stop, before the optimizer step, when the loss or the gradient is not finite (NaN or inf).
+
+        Under fp16 an infinite gradient is the loss scaler's business (it skips the step), so only the loss
+        counts there. Every process reaches the same decision.
+        """
+        grads_count = self.cfg.train.mixed_precision != "fp16"
+        bad = not math.isfinite(loss) or (grads_count and not math.isfinite(grad_norm))
+        if self.acc.num_processes > 1:
+            bad = bool(self.acc.reduce(torch.tensor(float(bad), device=self.acc.device), "max").item())
+        if bad:
+            what = f"the loss is {loss:g}" if not math.isfinite(loss) else f"the gradient norm is {grad_norm:g}"
+            raise UserError(f"{self.diverged(self.step + 1)}: {what}: {self.fix()}")
+
+    def diverged(self, step: int | None = None) -> str:
+        return f"training diverged at step {self.step if step is None else step}"
+
+    def fix(self) -> str:
+        """The way out of a diverged run: a lower learning rate, from the last good checkpoint."""
+        lr = self.cfg.train.lr
+        last = io.latest_checkpoint(self.out)
+        again = (f"resume from the last good checkpoint ({last.name}) with `difflab train --out {self.out} --resume "
+                 f"--set train.lr={lr / 10:g}`" if last is not None else
+                 f"train again with a lower one, e.g. --set train.lr={lr / 10:g}")
+        return f"the learning rate (train.lr={lr:g}) is probably too high: {again}"
 
     def should_stop(self) -> bool:
         """Whether a budget is spent; also updates ``budget_used``, the part of the minute budget
@@ -291,8 +344,10 @@ def train(task: Task, out: str | Path, *, resume: bool = False, progress: bool =
     """
     out = Path(out)
     check_train_config(task.config.train)
-    if not resume and io.latest_checkpoint(out) is not None:
-        raise UserError(f"{out} already holds a run with checkpoints: pass --resume to continue it, or choose another --out")
-    trainer = _Trainer(task, out, resume, progress)
-    trainer.run()
-    return io.require_checkpoint(out)
+    with io.run_lock(out) if PartialState().is_main_process else contextlib.nullcontext():
+        if not resume and io.latest_checkpoint(out) is not None:
+            raise UserError(f"{out} already holds a run with checkpoints: pass --resume to continue it, or choose "
+                            "another --out")
+        trainer = _Trainer(task, out, resume, progress)
+        trainer.run()
+        return io.require_checkpoint(out)

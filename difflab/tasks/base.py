@@ -17,6 +17,7 @@ This module imports no task: it is the light leaf that ``train``, ``cli`` and ``
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from difflab import io
+from difflab import files, io
 from difflab.config import Config
 from difflab.errors import UserError
 
@@ -150,6 +151,11 @@ class Run(Protocol):
         """Write ``samples`` in the run's natural format, chosen by ``out``'s suffix; returns the path."""
         ...
 
+    def check_output(self, out: Path) -> Path:
+        """``out``, once it is known to be a format :meth:`save` writes and a place that can be written
+        (called before any sampling, so a wrong ``--out`` costs nothing)."""
+        ...
+
     def default_output(self, sampler: str, steps: int) -> Path:
         """Where ``difflab sample`` writes when no ``--out`` is given."""
         ...
@@ -198,6 +204,18 @@ class Run(Protocol):
         ...
 
 
+SAMPLE_FOLDER_FILES = re.compile(r"\d{6}\.png|metadata\.jsonl")  # what a folder of samples holds
+
+
+def check_sample_folder(out: Path) -> None:
+    """Refuse to write samples into a folder that holds anything but an earlier folder of samples."""
+    if out.is_dir():
+        foreign = next((p for p in out.iterdir() if not SAMPLE_FOLDER_FILES.fullmatch(p.name)), None)
+        if foreign is not None:
+            raise UserError(f"output folder {out} already holds other files (e.g. {foreign.name}), which samples "
+                            "would replace: name a new folder")
+
+
 def a_run(task: str) -> str:
     """``"an image run"``, ``"a clip run"``: a kind of run with its article, for messages."""
     return f"{'an' if task[:1] in 'aeiou' else 'a'} {task} run"
@@ -226,6 +244,20 @@ class RunBase:
 
     def save(self, samples: Samples, out: Path) -> Path:
         raise self._cannot("samples to save")
+
+    # what save() writes, by suffix of --out: ".png", ".npz", "" (a folder); the message's words for each
+    outputs: ClassVar[dict[str, str]] = {}
+
+    def check_output(self, out: Path) -> Path:
+        out = Path(out)
+        if not self.outputs:
+            raise self._cannot("samples to save")
+        if out.suffix.lower() not in self.outputs:
+            raise UserError(f"cannot write the samples of {a_run(self.task)} to {out}: "
+                            f"use {' or '.join(self.outputs.values())}")
+        if out.suffix == "":
+            check_sample_folder(out)
+        return files.check_output(out, "output", folder=out.suffix == "")
 
     def default_output(self, sampler: str, steps: int) -> Path:
         raise self._cannot("samples to save")

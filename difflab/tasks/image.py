@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -208,6 +208,9 @@ class ImageRun(GaussianRunBase):
         c = samples.conditions
         prompts = c["prompts"].tolist() if "prompts" in c else None
         return grids.save_images(out, samples.data, c.get("labels"), ncol=samples.ncol, prompts=prompts)
+
+    outputs: ClassVar[dict[str, str]] = {".png": "a .png grid", ".npz": "a .npz of arrays",
+                                          "": "a new folder (one PNG per image)"}
 
     def default_output(self, sampler: str, steps: int) -> Path:
         return self.folder / "samples" / f"{sampler}-{steps}.png"

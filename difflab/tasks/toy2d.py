@@ -12,7 +12,7 @@ import html
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -113,6 +113,8 @@ class Toy2DRun(GaussianRunBase):
         else:
             raise UserError(f"cannot write 2-D samples to {out}: use a .npz or .png file")
         return out
+
+    outputs: ClassVar[dict[str, str]] = {".png": "a .png scatter plot", ".npz": "a .npz of points"}
 
     def default_output(self, sampler: str, steps: int) -> Path:
         return self.folder / "samples" / f"{sampler}-{steps}.png"
