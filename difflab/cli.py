@@ -271,19 +271,14 @@ def cmd_fid(args: argparse.Namespace) -> None:
 
 def _npz_fid(source: Path, args: argparse.Namespace) -> tuple[float, str, int]:
     """FID of the ``images`` of a .npz written by ``difflab sample``."""
-    import numpy as np
-
     from difflab.evaluate.fid import compute_fid
+    from difflab.files import read_npz
+    from difflab.grids import check_images
 
-    if not source.is_file():
-        raise UserError(f"sample file {source} not found: write one with `difflab sample RUN --out {source}`")
     if args.data is None:
         raise UserError("a .npz has no dataset name: pass --data NAME")
-    with np.load(source) as f:
-        if "images" not in f:
-            raise UserError(f"{source} has no 'images' array (it holds {', '.join(f.files) or 'nothing'}): pass a "
-                            f".npz written by `difflab sample RUN --out FILE.npz`")
-        images = f["images"]
+    fix = f"pass a .npz written by `difflab sample RUN --out {source.name}`"
+    images = check_images(read_npz(source, ["images"], "sample file", fix)["images"], f"{source}'s images", fix)
     fid = compute_fid(images, data=args.data, data_path=args.data_path, resolution=images.shape[1],
                       weights=args.features)
     return fid, args.data, len(images)
@@ -492,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     Nothing ends in a traceback: an exception that is not a :class:`UserError` becomes one line naming
     a log file (``RUN/error.log``, else the cache folder's) that holds the full traceback for a bug report.
     """
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
     args = None
     try:
         args = build_parser().parse_args(argv)
@@ -506,6 +504,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the last line of defence
         return _unexpected(e, args, argv)
     return 0
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as ``warning: <message>`` on one line (no source line under them)."""
+    return f"warning: {message}\n"
 
 
 def _unexpected(e: Exception, args: argparse.Namespace | None, argv: list[str] | None) -> int:

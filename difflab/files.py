@@ -93,9 +93,9 @@ def read_safetensors(path: str | Path, what: str = "weights file",
     data = read_bytes(path, what, fix)
     try:
         return load(data)
-    except (SafetensorError, ValueError, RuntimeError, OSError) as e:  # the reader's own error, or a bad header
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{what} {path} is not a complete safetensors file ({reason}): {fix}") from None
+    except (SafetensorError, ValueError, RuntimeError, OSError):  # the reader's own error, or a bad header
+        raise UserError(f"{what} {path} is not a complete safetensors file (truncated, or another format): "
+                        f"{fix}") from None
 
 
 def read_torch_state(path: str | Path, what: str = "training state",
@@ -113,9 +113,8 @@ def read_torch_state(path: str | Path, what: str = "training state",
     except pickle.UnpicklingError:
         raise UserError(f"{what} {path} holds Python objects other than tensors and numbers, which difflab does not "
                         f"load (they could run code): {fix}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, AttributeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{what} {path} is truncated or not a PyTorch file ({reason[:120]}): {fix}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, AttributeError):
+        raise UserError(f"{what} {path} is not a complete PyTorch file (truncated, or another format): {fix}") from None
     except OSError as e:
         raise os_error(e, path, what) from None
     if not isinstance(state, dict):
@@ -142,8 +141,8 @@ def read_npz(path: str | Path, keys: Iterable[str], what: str = "array file",
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         if isinstance(e, OSError) and e.errno is not None:
             raise os_error(e, path, what) from None
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{what} {path} is not a readable .npz ({reason[:120]}): {fix}") from None
+        what_is_wrong = "holds Python objects" if "pickle" in str(e) else "is truncated, or another format"
+        raise UserError(f"{what} {path} is not a readable .npz (it {what_is_wrong}): {fix}") from None
 
 
 def check_output(path: str | Path, what: str = "output", *, folder: bool = False) -> Path:
@@ -167,3 +166,51 @@ def check_output(path: str | Path, what: str = "output", *, folder: bool = False
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{what} {path} cannot be written: folder {parent} is not writable: choose another path")
     return path
+
+
+SIDECAR_SUFFIX = ".json"  # the architecture of a weights file, beside it: model.safetensors -> model.json
+
+
+def sidecar(path: str | Path) -> Path:
+    """The JSON file beside a weights file that records its architecture."""
+    return Path(path).with_suffix(SIDECAR_SUFFIX)
+
+
+def read_sidecar(cls: type, path: str | Path, what: str, fix: str) -> Any:
+    """The dataclass ``cls`` recorded beside the weights file ``path`` (lists become tuples, as saved)."""
+    import dataclasses
+
+    raw = read_json(sidecar(path), f"{what} config", fix)
+    names = {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(raw, dict):
+        raise UserError(f"{what} config {sidecar(path)} is not a JSON object: {fix}")
+    if unknown := sorted(set(raw) - names):
+        raise UserError(f"{what} config {sidecar(path)} has unknown keys {unknown}: {fix}")
+    if missing := sorted(n for n in names if n not in raw and _required(cls, n)):
+        raise UserError(f"{what} config {sidecar(path)} lacks {missing}: {fix}")
+    try:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{what} config {sidecar(path)} is not valid ({e}): {fix}") from None
+
+
+def _required(cls: type, name: str) -> bool:
+    import dataclasses
+
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def load_weights_into(module: Any, path: str | Path, what: str, fix: str, mismatch_fix: str | None = None) -> None:
+    """Load a safetensors file into a ``torch.nn.Module``; one line when it is unreadable (``fix``) or when its
+    tensors (names, shapes) do not fit the module (``mismatch_fix``, default ``fix``)."""
+    tensors = read_safetensors(path, what, fix)
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    shapes = [k for k in own if k in tensors and own[k].shape != tensors[k].shape]
+    if missing or unexpected or shapes:
+        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mismatched tensors"
+                  f" (e.g. {(missing + unexpected + shapes)[0]})")
+        raise UserError(f"{what} {path} does not fit the model ({detail}): {mismatch_fix or fix}")
+    module.load_state_dict(tensors)

@@ -60,6 +60,19 @@ def captioned_grid(images: np.ndarray, captions: Sequence[str], ncol: int) -> np
     return np.concatenate([np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0))) for s in strips])  # (R, W', 3)
 
 
+IMAGE_CHANNELS = (1, 3, 4)  # L, RGB, RGBA
+
+
+def check_images(images: np.ndarray, what: str, fix: str) -> np.ndarray:
+    """``images`` when it is what difflab writes, uint8 (N, H, W, C) with C in 1, 3, 4; else one line."""
+    if images.dtype != np.uint8:
+        raise UserError(f"{what} are {images.dtype}, not uint8 pixels (0..255): {fix}")
+    if images.ndim != 4 or images.shape[-1] not in IMAGE_CHANNELS or len(images) == 0:
+        raise UserError(f"{what} have shape {tuple(images.shape)}, not (N, H, W, C) with C in "
+                        f"{', '.join(map(str, IMAGE_CHANNELS))}: {fix}")
+    return images
+
+
 def _save_png(path: Path, image: np.ndarray) -> None:
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[image.shape[-1]]
     with atomic_path(path) as tmp:

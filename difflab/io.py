@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from difflab.config import Config, dump_config, load_config
 from difflab.errors import UserError
-from difflab.files import os_error, read_safetensors, read_torch_state
+from difflab import files
+from difflab.files import os_error, read_torch_state
 from difflab.paths import atomic_path
 
 CONFIG_FILE = "config.yaml"
@@ -73,7 +74,7 @@ def run_lock(run: Path) -> Iterator[None]:
 
     A second process refuses with one line naming the holder's pid. The kernel drops the lock when its
     process dies, however it dies, so the lock of a killed run is simply taken over. A folder this call
-    created and the block left empty (it failed before writing anything) is removed again.
+    created is removed again when the block fails before the first checkpoint (nothing in it to resume).
     """
     created = not run.exists()
     try:
@@ -91,15 +92,12 @@ def run_lock(run: Path) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
+    except BaseException:
+        if created and latest_checkpoint(run) is None:
+            shutil.rmtree(run, ignore_errors=True)
+        raise
     finally:
         os.close(fd)  # releases the lock
-        if created and _holds_nothing(run):
-            shutil.rmtree(run, ignore_errors=True)
-
-
-def _holds_nothing(folder: Path) -> bool:
-    """Whether ``folder`` holds only the lock file and empty folders."""
-    return all(p.name == LOCK_FILE or (p.is_dir() and not any(p.iterdir())) for p in folder.iterdir())
 
 
 def read_run_config(run: str | Path) -> Config:
@@ -118,13 +116,11 @@ def list_checkpoints(run: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(run: str | Path) -> Path | None:
-    """The newest complete checkpoint folder of a run, or None."""
-    ckpts = Path(run) / CHECKPOINTS
-    pointer = ckpts / LATEST
-    if pointer.is_file():
-        candidate = ckpts / pointer.read_text(errors="replace").strip()
-        if (candidate / STATE_FILE).is_file():
-            return candidate
+    """The newest complete checkpoint folder of a run, or None.
+
+    A ``step-N`` folder exists only complete (it is renamed into place when written), so the newest one is
+    right even when a run was killed between that rename and the update of the ``latest`` pointer.
+    """
     done = list_checkpoints(run)
     return done[-1] if done else None
 
@@ -190,21 +186,12 @@ def load_state(ckpt: Path) -> dict[str, Any]:
 
 
 def load_weights(module: nn.Module, file: Path) -> None:
-    """Load a safetensors file into ``module``; a one-line error when the architecture differs."""
+    """Load a checkpoint's safetensors file into ``module``; a one-line error when it is unreadable or the
+    architecture differs."""
     if not file.is_file():
         raise UserError(f"checkpoint file {file} is missing: the checkpoint is incomplete, use an earlier one")
-    tensors = read_safetensors(file, "checkpoint file", f"delete the folder {file.parent} to use the checkpoint "
-                                                        "before it, or retrain")
-    own = module.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    shapes = [k for k in own if k in tensors and own[k].shape != tensors[k].shape]
-    if missing or unexpected or shapes:
-        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mismatched tensors"
-                  f" (e.g. {(missing + unexpected + shapes)[0]})")
-        raise UserError(f"checkpoint {file} does not fit the model built from config.yaml ({detail}): "
-                        "use the config the checkpoint was trained with")
-    module.load_state_dict(tensors)
+    files.load_weights_into(module, file, "checkpoint file", f"delete the folder {file.parent} to use the "
+                            "checkpoint before it, or retrain", "use the config the checkpoint was trained with")
 
 
 # -- metrics ----------------------------------------------------------------------------------

@@ -18,13 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from difflab import io
+from difflab import files, io
+from difflab.errors import UserError
 from difflab.report_html import ReportContext, load_context
 from difflab.report_page import PAGE
 from difflab.tasks import load_run
 from difflab.tasks.base import Section
 
 REPORT_FILE = "report.html"
+REPORT_SUFFIXES = (".html", ".htm")
 
 
 def render_report(ctx: ReportContext, sections: Sequence[Section]) -> str:
@@ -56,8 +58,11 @@ def write_report(run: str | Path, out: str | Path | None = None, *, sections: Se
     Raises:
         UserError: ``run`` is not a run folder, or has no checkpoint yet.
     """
+    out = Path(out) if out is not None else Path(run) / REPORT_FILE
+    if out.suffix.lower() not in REPORT_SUFFIXES:
+        raise UserError(f"a report is an HTML page, so it cannot be written to {out}: name a .html file")
+    files.check_output(out, "report")  # before any sampling
     loaded = load_run(run, options.get("device", "cpu"))
     ctx = load_context(loaded, **options)
-    out = Path(out) if out is not None else ctx.run / REPORT_FILE
     io.write_text_atomic(out, render_report(ctx, loaded.report_sections() if sections is None else sections))
     return out

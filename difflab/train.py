@@ -160,9 +160,10 @@ class _Trainer:
         if self.acc.is_main_process:
             io.remove_stale_temporaries(self.out)
         ckpt = io.latest_checkpoint(self.out)
-        if ckpt is None:
+        if ckpt is None:  # killed before its first checkpoint: start again, without the rows that run logged
             if self.acc.is_main_process:
                 io.init_run(self.out, self.cfg)
+                io.truncate_metrics(self.out, 0)
             return
         io.load_weights(self.plain_model(), ckpt / io.MODEL_FILE)
         io.load_weights(self.ema, ckpt / io.EMA_FILE)
@@ -344,10 +345,10 @@ def train(task: Task, out: str | Path, *, resume: bool = False, progress: bool =
     """
     out = Path(out)
     check_train_config(task.config.train)
+    if not resume and io.latest_checkpoint(out) is not None:
+        raise UserError(f"{out} already holds a run with checkpoints: pass --resume to continue it, or choose "
+                        "another --out")
     with io.run_lock(out) if PartialState().is_main_process else contextlib.nullcontext():
-        if not resume and io.latest_checkpoint(out) is not None:
-            raise UserError(f"{out} already holds a run with checkpoints: pass --resume to continue it, or choose "
-                            "another --out")
         trainer = _Trainer(task, out, resume, progress)
         trainer.run()
         return io.require_checkpoint(out)

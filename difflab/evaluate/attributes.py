@@ -15,7 +15,6 @@ Weights live in ``cache_dir("attributes")/shapes-{R}x{R}.safetensors``.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from difflab.data.shapes import ATTRIBUTES, DEFAULT_RESOLUTION, random_attributes, render_shapes
+from difflab import files
 from difflab.errors import UserError
 from difflab.evaluate.classifier import (EVAL_BATCH, TRAIN_BATCH, conv_stages, eval_batches, fit_classifier,
                                          prepare_images)
-from difflab.evaluate.features import _sidecar, save_feature_extractor
+from difflab.evaluate.features import save_feature_extractor
 from difflab.paths import cache_dir
 
 ATTRIBUTES_DIR = "attributes"
@@ -196,18 +195,12 @@ def train_attribute_classifier(resolution: int = DEFAULT_RESOLUTION, *, steps: i
 def load_attribute_classifier(path: str | Path, device: str | torch.device = "cpu") -> AttributeNet:
     """Load a classifier from ``.safetensors`` + its ``.json`` sidecar (no pickles), in eval mode."""
     path = Path(path)
-    sidecar = _sidecar(path)
-    if path.suffix != ".safetensors" or not path.is_file() or not sidecar.is_file():
-        raise UserError(f"attribute classifier {path} (with {sidecar.name} beside it) not found: train one "
-                        f"with difflab.evaluate.attributes.train_attribute_classifier")
-    raw = json.loads(sidecar.read_text())
-    try:
-        config = AttributeConfig(**{**raw, "resolution": tuple(raw["resolution"])})
-    except (KeyError, TypeError) as e:
-        raise UserError(f"bad attribute-classifier config {sidecar} ({e}): retrain the classifier") from e
+    fix = "train one with difflab.evaluate.attributes.train_attribute_classifier"
+    files.require_file(path, "attribute classifier", fix)
+    config = files.read_sidecar(AttributeConfig, path, "attribute-classifier", fix)
     net = AttributeNet(resolution=config.resolution, in_channels=config.in_channels, width=config.width,
                        hidden=config.hidden)
-    net.load_state_dict(load_file(str(path)))
+    files.load_weights_into(net, path, "attribute classifier", fix)
     net.config = config
     return net.to(device).eval()
 
@@ -216,7 +209,7 @@ def get_attribute_classifier(resolution: int = DEFAULT_RESOLUTION,
                              device: str | torch.device = "cpu") -> AttributeNet:
     """The cached classifier for ``resolution``, trained once (printing one line) when missing."""
     path = default_weights_path(resolution)
-    if not (path.is_file() and _sidecar(path).is_file()):
+    if not (path.is_file() and files.sidecar(path).is_file()):
         print(f"no shapes attribute classifier at {resolution}x{resolution} yet: training one once "
               f"(cached in {path})")
         train_attribute_classifier(resolution, out=path, progress=False)

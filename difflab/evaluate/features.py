@@ -21,23 +21,22 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from difflab.data import load_dataset
 from difflab.data.images import ImageDataset
+from difflab import files
 from difflab.errors import UserError
 from difflab.evaluate.classifier import (EVAL_BATCH, TRAIN_BATCH, conv_stages, eval_batches, fit_classifier,
                                          prepare_images)
 from difflab.paths import atomic_path, atomic_write_bytes, cache_dir
 
 FEATURES_DIR = "features"
-SIDECAR_SUFFIX = ".json"
 
 DEFAULT_WIDTH = 16  # channels of the first stage; doubled at each downsampling
 DEFAULT_FEATURE_DIM = 128  # size of the penultimate layer (the FID features)
@@ -112,10 +111,6 @@ def default_weights_path(data: str, resolution: tuple[int, int], channels: int) 
     """The cached extractor of a dataset: ``cache_dir("features")/{data}-{H}x{W}-c{C}.safetensors``."""
     H, W = resolution
     return cache_dir(FEATURES_DIR) / f"{data}-{H}x{W}-c{channels}.safetensors"
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_suffix(SIDECAR_SUFFIX)
 
 
 # -- features ------------------------------------------------------------------------------------
@@ -245,36 +240,21 @@ def save_feature_extractor(net: FeatureNet, path: str | Path, config: FeatureCon
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))
     text = json.dumps(dataclasses.asdict(config or net.config), indent=2) + "\n"
-    atomic_write_bytes(_sidecar(path), text.encode())
+    atomic_write_bytes(files.sidecar(path), text.encode())
     return path
-
-
-def _read_config(path: Path) -> FeatureConfig:
-    sidecar = _sidecar(path)
-    if not sidecar.is_file():
-        raise UserError(f"feature-extractor config {sidecar} not found: keep the .json written by "
-                        f"`difflab features train` beside {path.name}")
-    raw: dict[str, Any] = json.loads(sidecar.read_text())
-    names = {f.name for f in dataclasses.fields(FeatureConfig)}
-    if unknown := sorted(set(raw) - names):
-        raise UserError(f"unknown keys {unknown} in {sidecar}: retrain with `difflab features train`")
-    try:
-        return FeatureConfig(**{**raw, "resolution": tuple(raw["resolution"])})
-    except (KeyError, TypeError) as e:
-        raise UserError(f"incomplete feature-extractor config {sidecar} ({e}): retrain with "
-                        f"`difflab features train`") from e
 
 
 def load_feature_extractor(path: str | Path, device: str | torch.device = "cpu") -> FeatureNet:
     """Load a feature extractor from ``.safetensors`` + its ``.json`` sidecar (no pickles)."""
     path = Path(path)
-    if path.suffix != ".safetensors" or not path.is_file():
-        raise UserError(f"feature-extractor weights {path} not found (a .safetensors file is needed): "
-                        f"write one with `difflab features train --data NAME`")
-    config = _read_config(path)
+    fix = "write one with `difflab features train --data NAME` (it keeps the .json beside the .safetensors)"
+    if path.suffix != ".safetensors":
+        raise UserError(f"feature-extractor weights {path} are not a .safetensors file: {fix}")
+    files.require_file(path, "feature-extractor weights", fix)
+    config = files.read_sidecar(FeatureConfig, path, "feature-extractor", fix)
     arch = {k: getattr(config, k) for k in ("in_channels", "num_classes", "width", "feature_dim", "resolution")}
     net = FeatureNet(**arch)
-    net.load_state_dict(load_file(str(path)))
+    files.load_weights_into(net, path, "feature-extractor weights", fix)
     net.config = config
     return net.to(device).eval()
 
@@ -294,7 +274,7 @@ def get_feature_extractor(data: str, *, data_path: str | None = None, resolution
         return load_feature_extractor(weights, device)
     ds = load_dataset(data, path=data_path, resolution=resolution, channels=channels, split="train")
     path = default_weights_path(data, tuple(ds.resolution), ds.channels)
-    if not (path.is_file() and _sidecar(path).is_file()):
+    if not (path.is_file() and files.sidecar(path).is_file()):
         if not train_if_missing:
             raise UserError(f"no feature extractor for {data} in {path.parent}: run "
                             f"`difflab features train --data {data}` or pass --features WEIGHTS")
