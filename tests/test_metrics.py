@@ -22,12 +22,15 @@ from difflab.cli import main
 from difflab.errors import UserError
 from difflab.evaluate import kid as kid_module
 from difflab.evaluate import prdc as prdc_module
-from difflab.evaluate.features import train_feature_extractor
-from difflab.evaluate.fid import compute_fid
-from difflab.evaluate.kid import (kid_from_features, kid_standard_error, kid_subset_indices, mmd2_unbiased,
-                                 polynomial_kernel)
-from difflab.evaluate.prdc import nearest_neighbour_radii, pairwise_distances, prdc_from_features
-from difflab.evaluate.run_eval import EVAL_FILE, update_eval_file
+from difflab.data.images import ImageDataset
+from difflab.evaluate import fid as fid_module
+from difflab.evaluate.features import FeatureNet, train_feature_extractor
+from difflab.evaluate.fid import compute_fid, fid_note
+from difflab.evaluate.kid import (kid_from_features, kid_note, kid_standard_error, kid_subset_indices,
+                                  mmd2_unbiased, polynomial_kernel)
+from difflab.evaluate.prdc import nearest_neighbour_radii, pairwise_distances, prdc_from_features, prdc_note
+from difflab.evaluate.run_eval import (EVAL_FILE, MIN_SAMPLES, evaluate_images, format_table, metrics_from_features,
+                                       update_eval_file)
 from difflab.measure import evaluate_run
 from difflab.tasks import load_run
 
@@ -36,8 +39,8 @@ from conftest import TINY
 DIGITS_STEPS = 60  # a rough digits extractor (about 1 s); the eval tests need features, not accuracy
 EVAL_N = 40  # samples per `difflab eval` in these tests
 METRIC_KEYS = {"checkpoint_step": int, "data": str, "n": int, "seed": int, "sampler": str, "steps": int,
-               "fid": float, "kid": float, "kid_std": float, "precision": float, "recall": float,
-               "density": float, "coverage": float, "real_n": int}  # the format other commands read
+               "fid": float, "kid": float, "kid_std": (float, type(None)), "precision": float, "recall": float,
+               "density": float, "coverage": float, "real_n": int, "notes": dict}  # the format other commands read
 
 
 def _features(n: int, d: int, seed: int, shift: float = 0.0) -> np.ndarray:
@@ -94,7 +97,8 @@ def test_both_ways_of_summing_subsets_match_the_double_loop(way: str):
 @pytest.mark.filterwarnings("ignore::UserWarning")  # torchmetrics warns that it keeps all features
 def test_kid_matches_torchmetrics_kernel_inception_distance():
     """With subset_size = N every subset is a permutation of both whole sets, so the value does not
-    depend on how either implementation draws its subsets."""
+    depend on how either implementation draws its subsets; torchmetrics' std there is rounding, and
+    difflab reports none (None)."""
     real, fake = _features(300, 16, seed=0), _features(300, 16, seed=1, shift=0.2)
     metric = KernelInceptionDistance(feature=nn.Identity(), subsets=3, subset_size=300)
     metric.update(torch.from_numpy(real), real=True)
@@ -102,7 +106,7 @@ def test_kid_matches_torchmetrics_kernel_inception_distance():
     ref_mean, ref_std = (float(v) for v in metric.compute())
     mean, std = kid_from_features(real, fake, subsets=3, subset_size=1000)  # capped at N = 300
     assert mean == pytest.approx(ref_mean, abs=1e-6, rel=1e-9)
-    assert std == pytest.approx(ref_std, abs=1e-6) and std < 1e-9
+    assert std is None and ref_std < 1e-9
 
 
 def test_kid_is_zero_for_one_distribution_and_grows_with_a_shift():
@@ -180,6 +184,66 @@ def test_prdc_floors_and_ceilings():
         prdc_from_features(a[:5], b, k=5)
 
 
+# -- small samples: each figure says what it cannot tell ------------------------------------------
+def test_kid_with_every_subset_the_whole_sets_has_no_spread():
+    """Below the subset size (1000) both sets are whole in each of the 100 subsets: one value, no std."""
+    real, fake = _features(500, 8, seed=0), _features(500, 8, seed=1, shift=0.2)
+    mean, std = kid_from_features(real, fake)
+    assert std is None and mean == pytest.approx(mmd2_unbiased(real, fake), rel=1e-12)
+    assert kid_standard_error(std) is None
+    assert kid_note(500, 500) == "one subset of 500: no spread; --n 2000 gives one"
+    assert kid_from_features(real, _features(600, 8, seed=2), subsets=1)[1] is None  # one subset: no spread either
+    assert kid_note(500, 600, subsets=1) == "one subset of 500: no spread"
+    _, std = kid_from_features(real, _features(600, 8, seed=2), subsets=5)  # the generated side is subsampled
+    assert std is not None and std > 0
+    assert "overlap" in kid_note(500, 600) and kid_note(500, 2000) is None  # 500 of 600 vs 500 of 2000
+    assert kid_note(2000, 2000) is None and "understates" in kid_note(1200, 1200)
+
+
+def test_table_of_a_small_evaluation_says_kid_has_no_spread_and_stores_null(tmp_path):
+    real, fake = _features(500, 8, seed=0), _features(500, 8, seed=1, shift=0.2)
+    m = metrics_from_features(real, fake)
+    assert m["kid_std"] is None and m["kid_se"] is None and m["kid_subset_size"] == 500
+    assert m["notes"] == {"kid": "one subset of 500: no spread; --n 2000 gives one"}  # FID, PRDC fine at 500 > 8
+    kid_row = next(line for line in format_table(m).splitlines() if line.startswith("KID"))
+    assert kid_row == f"KID        {m['kid']:.5f} (one subset of 500: no spread; --n 2000 gives one)"
+    update_eval_file(tmp_path, m)
+    text = (tmp_path / EVAL_FILE).read_text()
+    assert '"kid_std": null' in text and json.loads(text)["notes"]["kid"] == m["notes"]["kid"]
+    spread = metrics_from_features(_features(120, 8, seed=0), _features(120, 8, seed=1), kid_subset_size=50)
+    assert spread["kid_std"] > 0 and "kid" not in spread["notes"]
+    assert f"+- {spread['kid_std']:.5f} (std over subsets; standard error" in format_table(spread)
+
+
+def test_fid_and_prdc_of_few_samples_say_so():
+    """FID from N <= D samples has a singular covariance; PRDC's k-NN balls below 10 k images are wide."""
+    assert fid_note(128, 5000, 128).startswith("only 128 samples in 128 dimensions: singular covariance")
+    assert fid_note(129, 5000, 128) is None and "real images" in fid_note(2000, 100, 128)
+    assert fid_note(2000, None, 128) is None
+    assert prdc_note(49, 1000) is not None and prdc_note(50, 50) is None
+    m = metrics_from_features(_features(20, 32, seed=0), _features(20, 32, seed=1))
+    assert set(m["notes"]) == {"fid", "kid", "prdc"}
+    rows = {line.split()[0]: line for line in format_table(m).splitlines()}
+    assert "singular covariance, biased far upwards; --n 33 or more" in rows["FID"]
+    assert "only 20 images for k=5 balls: each spans 5 of the other 19" in rows["precision"]
+    assert "read high; --n 50 or more" in rows["precision"] and "(" not in rows["recall"]  # printed once
+    with pytest.raises(ValueError, match="k-NN balls need 1 <= k < N"):
+        metrics_from_features(_features(5, 4, seed=0), _features(40, 4, seed=1))  # k = 5: no 5th neighbour
+
+
+def test_one_image_is_a_user_error_not_a_numpy_one(monkeypatch):
+    one = np.zeros((1, 1, 8, 8), dtype=np.uint8)
+    with pytest.raises(UserError, match=f"at least {MIN_SAMPLES} images.*pass --n {MIN_SAMPLES}"):
+        evaluate_images(one, data="digits")
+    net = FeatureNet(in_channels=1, num_classes=2, resolution=(8, 8), width=8, feature_dim=8)
+    with pytest.raises(UserError, match="at least 2 generated images.*--n 2"):
+        compute_fid(one, data="digits", extractor=net, progress=False)
+    folder = ImageDataset(name="image-folder", images=torch.as_tensor(one), labels=None, class_names=[], texts=None)
+    monkeypatch.setattr(fid_module, "load_dataset", lambda *args, **kwargs: folder)
+    with pytest.raises(UserError, match="has 1 train image.*larger dataset"):
+        compute_fid(np.zeros((4, 1, 8, 8), dtype=np.uint8), data="image-folder", extractor=net, progress=False)
+
+
 # -- difflab eval ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
@@ -208,7 +272,8 @@ def test_eval_writes_metrics_json_and_keeps_other_keys(tiny_run, digits_weights,
     assert (m["checkpoint_step"], m["data"], m["n"], m["seed"], m["steps"], m["real_n"]) == (3, "digits", EVAL_N, 3, 2,
                                                                                             EVAL_N)
     assert m["sampler"] == io.read_run_config(tiny_run).sample.sampler
-    assert m["kid_std"] >= 0 and all(0 <= m[k] <= 1 for k in ("precision", "recall", "coverage"))
+    assert m["kid_std"] is None and "no spread" in m["notes"]["kid"]  # 40 < the 1000 of a KID subset
+    assert all(0 <= m[k] <= 1 for k in ("precision", "recall", "coverage"))
     assert "KID" in out.out and "coverage" in out.out and f"{m['fid']:.3f}" in out.out
     assert not list(tiny_run.glob(".tmp-*"))  # written atomically, no temporaries left
 
@@ -268,3 +333,26 @@ def test_eval_nll_only_stores_the_bound_beside_the_sample_metrics(tiny_run, caps
     assert "NLL bound" in out.out and "bits/dim" in out.out
     assert main(["eval", str(tiny_run), "--nll-only", "--nll-n", "1", "--no-progress"]) == 2
     assert "at least 2 test images" in capsys.readouterr().err
+
+
+def test_eval_and_fid_of_a_handful_of_samples_are_honest_or_one_line_errors(tiny_run, digits_weights, capsys):
+    """--n 6 (the least PRDC allows) prints every caveat; --n 5 and fid --n 1 are one-line errors; fid --n 2
+    prints a finite number."""
+    fx = ["--data", "digits", "--steps", "1", "--weights", str(digits_weights), "--no-progress"]
+    assert main(["eval", str(tiny_run), "--n", "6", *fx]) == 0
+    out = capsys.readouterr().out
+    assert "one subset of 6: no spread; --n 2000 gives one" in out and "+-" not in out
+    assert "only 6 samples in 128 dimensions: singular covariance" in out and "only 6 images for k=5 balls" in out
+    m = json.loads((tiny_run / EVAL_FILE).read_text())
+    assert m["kid_std"] is None and m["kid_se"] is None and set(m["notes"]) == {"fid", "kid", "prdc"}
+    for args, words in ((["eval", str(tiny_run), "--n", "5", *fx], "at least 6 samples"),
+                        (["fid", str(tiny_run), "--n", "1", "--data", "digits", "--steps", "1",
+                          "--features", str(digits_weights)], "at least 2 generated images")):
+        assert main(args) == 2
+        err = capsys.readouterr().err  # `difflab fid` has no --no-progress: its sampling bar comes first
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and words in errors[0] and "Traceback" not in err, err
+    assert main(["fid", str(tiny_run), "--n", "2", "--data", "digits", "--steps", "1",
+                 "--features", str(digits_weights)]) == 0
+    fid = float(capsys.readouterr().out.split()[1])
+    assert np.isfinite(fid) and fid > 0

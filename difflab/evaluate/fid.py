@@ -9,6 +9,9 @@ The features come from difflab's own per-dataset classifier (:mod:`difflab.evalu
 so values are comparable only between measurements with the same extractor, the same real set
 and the same number of generated samples: FID is biased upward by a term that shrinks roughly
 like 1/N (Chong & Forsyth 2020, https://arxiv.org/abs/1911.07023), so compare only at equal N.
+With N <= D features a covariance has rank N - 1 < D: the distance is still finite, but far too
+high (for two samples of one 128-D Gaussian it measured 24 at N = 128 and 270 at N = 2, against 1.8
+at N = 2000), and :func:`fid_note` says so. One feature has no covariance at all: a UserError.
 
 Statistics of the real images are cached in ``cache_dir("fid_stats")`` under a key naming the
 dataset, split, resolution, channels, number of images, a hash of the images and a hash of the
@@ -102,6 +105,17 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
     return frechet_distance(*fit_gaussian(features1), *fit_gaussian(features2))
 
 
+def fid_note(n_fake: int, n_real: int | None, dim: int) -> str | None:
+    """What to print beside an FID of ``n_fake`` generated and ``n_real`` real features (None = not
+    known) in ``dim`` dimensions when a covariance is singular (N <= D, see the module doc); else None."""
+    if n_fake <= dim:
+        return (f"only {n_fake} samples in {dim} dimensions: singular covariance, biased far upwards; "
+                f"--n {dim + 1} or more")
+    if n_real is not None and n_real <= dim:
+        return f"only {n_real} real images in {dim} dimensions: singular covariance, biased far upwards"
+    return None
+
+
 # -- images --------------------------------------------------------------------------------------
 def to_nchw(images: Tensor | np.ndarray) -> Tensor:
     """uint8 images (N, C, H, W) or (N, H, W, C) as a tensor (N, C, H, W)."""
@@ -149,6 +163,9 @@ def real_statistics(net: FeatureNet, data: str, *, data_path: str | None = None,
     ds = load_dataset(data, path=data_path, resolution=resolution, channels=channels, split=split)
     images = np.ascontiguousarray(fixed_subset(np.asarray(ds.images), num_real))  # (N, C, H, W)
     N, C, H, W = images.shape
+    if N < 2:
+        raise UserError(f"dataset {data} has {N} {split} image(s), and FID needs the covariance of at least 2: "
+                        f"evaluate against a larger dataset")
     key = (f"{data}-{split}-{H}x{W}-c{C}-n{N}-data{_digest(images.tobytes())}"
            f"-feat{_digest(weights_fingerprint(net))}.npz")
     path = cache_dir(STATS_DIR) / key

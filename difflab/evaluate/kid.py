@@ -12,7 +12,20 @@ Unlike FID, the estimator is unbiased at every sample count, so KIDs at differen
 spread over subsets (``std``) says how much a single subset's value varies. The subsets are drawn
 as torch-fidelity draws them (``np.random.RandomState(seed)``, for each subset first the real
 indices, then the generated ones, without replacement), with the same defaults (100 subsets of
-``min(1000, N)`` features).
+``min(1000, N)`` features); where both sets have at least ``subset_size`` features the mean and
+std are torch-fidelity's.
+
+Small sets. torch-fidelity refuses sets smaller than the subset size; difflab caps the subset at
+the smaller set instead, which makes every subset of two sets of N <= 1000 the whole of both
+(a permutation: MMD^2_u does not change), so the 100 "subsets" are one. Their std is then 0
+plus rounding (what torchmetrics reports given subset_size = N), which is not a spread but an
+artefact, so :func:`kid_from_features` returns it as None (as it does for ``subsets=1``) and
+the value as MMD^2_u of the whole sets, computed once. Smaller subsets (say N / 2) would give a
+spread, but of a half-size estimate with twice the variance, not of the value reported, and the
+mean would no longer be the best estimate from the N features at hand. Where one set is larger
+than the subset, the std is computed, but it counts only the subsampled side(s) and shrinks as
+the subsets overlap more (each pair of subsets of m from N shares m^2 / N features on average);
+:func:`kid_note` says so below :data:`INDEPENDENT_RATIO` times the subset size.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ KERNEL_COEF = 1.0
 DEFAULT_SUBSETS = 100  # torch-fidelity's defaults
 DEFAULT_SUBSET_SIZE = 1000
 KERNEL_CHUNK = 1024  # rows of each block of a whole-set kernel matrix (see _subset_mmds_blocked)
+INDEPENDENT_RATIO = 2  # below this many times the subset size, subsets share over half their features
 
 
 def _cube(u: np.ndarray) -> np.ndarray:
@@ -59,17 +73,22 @@ def _as_features(name: str, f: np.ndarray) -> np.ndarray:
     return f
 
 
+def capped_subset_size(n_real: int, n_fake: int, subset_size: int = DEFAULT_SUBSET_SIZE) -> int:
+    """The features in each KID subset: ``subset_size``, capped at the smaller set."""
+    return min(subset_size, n_real, n_fake)
+
+
 def kid_subset_indices(n_real: int, n_fake: int, *, subsets: int = DEFAULT_SUBSETS,
                        subset_size: int = DEFAULT_SUBSET_SIZE, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The (real, fake) index arrays of each KID subset, each of ``min(subset_size, n_real, n_fake)``."""
-    m = min(subset_size, n_real, n_fake)
+    """The (real, fake) index arrays of each KID subset, each of :func:`capped_subset_size` features."""
+    m = capped_subset_size(n_real, n_fake, subset_size)
     rng = np.random.RandomState(seed)
     return [(rng.choice(n_real, m, replace=False), rng.choice(n_fake, m, replace=False)) for _ in range(subsets)]
 
 
 def kid_from_features(real: np.ndarray, fake: np.ndarray, *, subsets: int = DEFAULT_SUBSETS,
                       subset_size: int = DEFAULT_SUBSET_SIZE, seed: int = 0,
-                      progress: bool = False) -> tuple[float, float]:
+                      progress: bool = False) -> tuple[float, float | None]:
     """KID between two feature sets: the mean and spread of MMD^2_u over random subsets.
 
     Args:
@@ -81,14 +100,18 @@ def kid_from_features(real: np.ndarray, fake: np.ndarray, *, subsets: int = DEFA
 
     Returns:
         (mean, std): the mean of MMD^2_u over the subsets and its standard deviation over them
-        (population std, as torch-fidelity and torchmetrics report it);
-        :func:`kid_standard_error` turns the std into the standard error of the mean.
+        (population std, as torch-fidelity and torchmetrics report it); std is None where the
+        subsets cannot differ (one subset, or every subset the whole of both sets: see the module
+        doc), and the mean is then MMD^2_u of that one subset. :func:`kid_standard_error` turns the
+        std into the standard error of the mean.
     """
     real, fake = _as_features("real", real), _as_features("generated", fake)
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"feature sizes differ: real {real.shape} vs generated {fake.shape}")
     if subsets < 1 or subset_size < 2:
         raise ValueError(f"KID needs subsets >= 1 and subset_size >= 2, got {subsets} and {subset_size}")
+    if capped_subset_size(len(real), len(fake), subset_size) == len(real) == len(fake):
+        return mmd2_unbiased(real, fake), None  # every subset is a permutation of both whole sets
     draws = kid_subset_indices(len(real), len(fake), subsets=subsets, subset_size=subset_size, seed=seed)
     m, D = len(draws[0][0]), real.shape[1]
     whole_sets_cost = (len(real) ** 2 + len(fake) ** 2 + len(real) * len(fake)) * (D + subsets)
@@ -96,7 +119,22 @@ def kid_from_features(real: np.ndarray, fake: np.ndarray, *, subsets: int = DEFA
         mmds = _subset_mmds_blocked(real, fake, draws)
     else:
         mmds = _subset_mmds_each(real, fake, draws, progress)
-    return float(mmds.mean()), float(mmds.std())
+    return float(mmds.mean()), (float(mmds.std()) if subsets > 1 else None)
+
+
+def kid_note(n_real: int, n_fake: int, *, subsets: int = DEFAULT_SUBSETS,
+             subset_size: int = DEFAULT_SUBSET_SIZE) -> str | None:
+    """What to print beside a KID of ``n_real`` and ``n_fake`` features when its spread is missing or
+    understated (see the module doc), naming the ``--n`` that gives a fuller one; None when neither."""
+    m, enough = capped_subset_size(n_real, n_fake, subset_size), INDEPENDENT_RATIO * subset_size
+    if m == n_real == n_fake:
+        return f"one subset of {m}: no spread; --n {enough} gives one"
+    if subsets == 1:
+        return f"one subset of {m}: no spread"
+    if max(n_real, n_fake) < INDEPENDENT_RATIO * m:
+        return (f"subsets of {m} drawn from {max(n_real, n_fake)} overlap mostly: the spread understates; "
+                f"--n {enough} or more")
+    return None
 
 
 def _subset_mmds_each(real: np.ndarray, fake: np.ndarray, draws: list[tuple[np.ndarray, np.ndarray]],
@@ -136,11 +174,11 @@ def _subset_mmds_blocked(real: np.ndarray, fake: np.ndarray,
     return within - 2 * _subset_kernel_sums(real, fake, in_real, in_fake) / (m * m)
 
 
-def kid_standard_error(std: float, subsets: int = DEFAULT_SUBSETS) -> float:
-    """std / sqrt(subsets): the standard error of the mean over subsets.
+def kid_standard_error(std: float | None, subsets: int = DEFAULT_SUBSETS) -> float | None:
+    """std / sqrt(subsets): the standard error of the mean over subsets (None when std is None).
 
     The subsets overlap (they are drawn from the same N features), so this understates the
     error of KID as an estimate for the whole distribution; it says how well the subset
     average has converged.
     """
-    return std / math.sqrt(subsets)
+    return None if std is None else std / math.sqrt(subsets)

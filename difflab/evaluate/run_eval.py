@@ -9,6 +9,12 @@ All six numbers are measured in one feature space, that of difflab's per-dataset
     KID, PRDC    generated features against a fixed random subset (:data:`fid.SUBSET_SEED`) of
                  ``n`` train images (``real_n``; all of them when the split is smaller)
 
+A figure that cannot be computed honestly at the given size says so: ``notes`` maps "fid", "kid"
+and "prdc" to a caveat (a singular covariance, no spread over KID subsets, k-NN balls too wide;
+see :func:`~difflab.evaluate.fid.fid_note`, :func:`~difflab.evaluate.kid.kid_note`,
+:func:`~difflab.evaluate.prdc.prdc_note`), printed beside the figure, and ``kid_std`` / ``kid_se``
+are None (null) where the subsets cannot differ. Fewer than :data:`MIN_SAMPLES` images is a UserError.
+
 ``RUN/metrics.json`` keeps the newest evaluation. It is updated, not replaced: keys that other
 commands wrote there (``nll``) survive, and every write is atomic.
 """
@@ -28,10 +34,11 @@ from difflab import io
 from difflab.data import load_dataset
 from difflab.errors import UserError
 from difflab.evaluate.features import EVAL_BATCH, FeatureNet, extract_features
-from difflab.evaluate.fid import (extractor_for, fid_from_features, fit_gaussian, fixed_subset, frechet_distance,
-                                  real_statistics, to_nchw)
-from difflab.evaluate.kid import DEFAULT_SUBSET_SIZE, DEFAULT_SUBSETS, kid_from_features, kid_standard_error
-from difflab.evaluate.prdc import DEFAULT_K, prdc_from_features
+from difflab.evaluate.fid import (extractor_for, fid_from_features, fid_note, fit_gaussian, fixed_subset,
+                                  frechet_distance, real_statistics, to_nchw)
+from difflab.evaluate.kid import (DEFAULT_SUBSET_SIZE, DEFAULT_SUBSETS, capped_subset_size, kid_from_features,
+                                  kid_note, kid_standard_error)
+from difflab.evaluate.prdc import DEFAULT_K, prdc_from_features, prdc_note
 
 EVAL_FILE = "metrics.json"
 KID_SEED = 0  # the KID subsets are fixed, so that only the samples change with --seed
@@ -45,29 +52,41 @@ _TABLE = (("FID", "fid", ".3f"), ("KID", "kid", ".5f"), ("precision", "precision
           ("attrs all", "attr_all", ".4f"), ("size", "attr_size", ".4f"), ("color", "attr_color", ".4f"),
           ("shape", "attr_shape", ".4f"), ("position", "attr_position", ".4f"),
           ("data NLL", "data_nll", ".4f"), ("entropy H", "entropy", ".4f"))
+_NOTE_OF = {"precision": "prdc"}  # the note of a row, where its key is not the row's: PRDC's prints once
 
 
 def metrics_from_features(real: np.ndarray, fake: np.ndarray, *,
-                          real_stats: tuple[np.ndarray, np.ndarray] | None = None, k: int = DEFAULT_K,
-                          kid_subsets: int = DEFAULT_SUBSETS, kid_subset_size: int = DEFAULT_SUBSET_SIZE,
-                          progress: bool = False) -> dict[str, float]:
+                          real_stats: tuple[np.ndarray, np.ndarray] | None = None, real_stats_n: int | None = None,
+                          k: int = DEFAULT_K, kid_subsets: int = DEFAULT_SUBSETS,
+                          kid_subset_size: int = DEFAULT_SUBSET_SIZE, progress: bool = False) -> dict[str, Any]:
     """FID, KID (with its std and standard error over subsets), precision, recall, density, coverage.
 
     Args:
-        real, fake: features (N, D) and (M, D) from the same extractor.
+        real, fake: features (N, D) and (M, D) from the same extractor, N and M > k.
         real_stats: (mu, sigma) of the real images for FID; None = the Gaussian fit of ``real``.
+        real_stats_n: the images behind ``real_stats``, for FID's note (None = not known: no note
+            on the real side).
         k: nearest neighbours of the PRDC balls.
         kid_subsets, kid_subset_size: see :func:`difflab.evaluate.kid.kid_from_features`.
         progress: show tqdm bars.
 
     Returns:
-        {"fid", "kid", "kid_std", "kid_se", "precision", "recall", "density", "coverage"}.
+        {"fid", "kid", "kid_std", "kid_se", "kid_subsets", "kid_subset_size" (features in each subset),
+        "precision", "recall", "density", "coverage", "notes"}: "kid_std" and "kid_se" are None where
+        the subsets cannot differ; "notes" maps "fid", "kid", "prdc" to the caveats of this size
+        (see the module doc), empty when there are none.
     """
     fid = frechet_distance(*real_stats, *fit_gaussian(fake)) if real_stats else fid_from_features(real, fake)
     kid, kid_std = kid_from_features(real, fake, subsets=kid_subsets, subset_size=kid_subset_size, seed=KID_SEED,
                                      progress=progress)
+    n_real, n_fake, D = len(real), len(fake), fake.shape[1]
+    notes = {"fid": fid_note(n_fake, real_stats_n if real_stats else n_real, D),
+             "kid": kid_note(n_real, n_fake, subsets=kid_subsets, subset_size=kid_subset_size),
+             "prdc": prdc_note(n_real, n_fake, k)}
     return {"fid": fid, "kid": kid, "kid_std": kid_std, "kid_se": kid_standard_error(kid_std, kid_subsets),
-            **prdc_from_features(real, fake, k=k, progress=progress)}
+            "kid_subsets": kid_subsets, "kid_subset_size": capped_subset_size(n_real, n_fake, kid_subset_size),
+            **prdc_from_features(real, fake, k=k, progress=progress),
+            "notes": {key: note for key, note in notes.items() if note}}
 
 
 def evaluate_images(fake_uint8: torch.Tensor | np.ndarray, *, data: str, data_path: str | None = None,
@@ -96,16 +115,16 @@ def evaluate_images(fake_uint8: torch.Tensor | np.ndarray, *, data: str, data_pa
     C = fake.shape[1]
     net = extractor_for(C, data=data, data_path=data_path, resolution=resolution, extractor=extractor,
                         weights=weights)
-    real_stats = real_statistics(net, data, data_path=data_path, resolution=resolution, channels=C, split=split,
-                                 batch_size=batch_size, progress=progress)
     ds = load_dataset(data, path=data_path, resolution=resolution, channels=C, split=split)
     real = fixed_subset(np.asarray(ds.images), num_real or len(fake))  # (N_real, C, H, W)
     if len(real) < MIN_SAMPLES:
         raise UserError(f"dataset {data} has only {len(real)} {split} images, fewer than the {MIN_SAMPLES} that "
                         f"k-NN balls with k={DEFAULT_K} need: evaluate against a larger dataset")
+    real_stats = real_statistics(net, data, data_path=data_path, resolution=resolution, channels=C, split=split,
+                                 batch_size=batch_size, progress=progress)
     real_f = extract_features(net, real, batch_size=batch_size, progress=progress)
     fake_f = extract_features(net, fake, batch_size=batch_size, progress=progress)
-    metrics = metrics_from_features(real_f, fake_f, real_stats=real_stats, progress=progress)
+    metrics = metrics_from_features(real_f, fake_f, real_stats=real_stats, real_stats_n=len(ds), progress=progress)
     return {**metrics, "real_n": len(real), "fid_real_n": len(ds)}
 
 
@@ -120,7 +139,8 @@ def text_metrics(images: np.ndarray, prompts: Sequence[str], clip: nn.Module, to
 
     Returns:
         "clip_score" of the images with their prompts, "clip_retrieval" (each image picks its prompt
-        among the distinct prompts), and for reference "clip_score_real" / "clip_score_mismatched":
+        among the distinct prompts) with "clip_retrieval_chance" (1 / their number: few prompts make
+        retrieval easy), and for reference "clip_score_real" / "clip_score_mismatched":
         real test images with their own / another caption. Where prompts follow the shapes grammar
         also "attr_size", "attr_color", "attr_shape", "attr_position", "attr_all" (difflab's
         attribute classifier, on the prompts that parse).
@@ -129,7 +149,8 @@ def text_metrics(images: np.ndarray, prompts: Sequence[str], clip: nn.Module, to
 
     fake = clip_eval(clip, tokenizer, images, list(prompts))
     real = clip_eval(clip, tokenizer, real_images, list(real_texts))
-    out = {"clip_score": fake["clip_score"], "clip_retrieval": fake["retrieval"], "clip_score_real": real["clip_score"],
+    out = {"clip_score": fake["clip_score"], "clip_retrieval": fake["retrieval"],
+           "clip_retrieval_chance": fake["chance"], "clip_score_real": real["clip_score"],
            "clip_score_mismatched": real["clip_score_mismatched"]}
     return out | shapes_accuracy(images, prompts)
 
@@ -167,15 +188,21 @@ def update_eval_file(run: str | Path, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_table(metrics: dict[str, Any]) -> str:
-    """The metrics as a small aligned text table."""
+    """The metrics as a small aligned text table, each with its caveat from "notes" (see the module doc)."""
+    notes = metrics.get("notes") or {}
     rows = [f"{'metric':<10} value"]
     for label, key, fmt in _TABLE:
-        if key not in metrics:
+        if metrics.get(key) is None:
             continue
-        value = f"{metrics[key]:{fmt}}"
-        if key == "kid" and metrics["kid_std"] == 0:
-            value += " (every subset holds all the features: no spread to report)"
-        elif key == "kid":
-            value += f" +- {metrics['kid_std']:{fmt}} (std over subsets; standard error {metrics['kid_se']:{fmt}})"
-        rows.append(f"{label:<10} {value}")
+        value, extra = f"{metrics[key]:{fmt}}", []
+        if key == "kid" and metrics.get("kid_std") is not None:
+            value += f" +- {metrics['kid_std']:{fmt}}"
+            extra.append(f"std over subsets; standard error {metrics['kid_se']:{fmt}}")
+        elif key == "kid" and "kid" not in notes:
+            extra.append("no spread over subsets")
+        if key == "clip_retrieval" and metrics.get("clip_retrieval_chance") is not None:
+            extra.append(f"chance {metrics['clip_retrieval_chance']:{fmt}}")
+        if note := notes.get(_NOTE_OF.get(key, key)):
+            extra.append(note)
+        rows.append(f"{label:<10} {value}" + (f" ({'; '.join(extra)})" if extra else ""))
     return "\n".join(rows)
