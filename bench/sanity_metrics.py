@@ -67,7 +67,8 @@ def markdown(rows: list[dict]) -> str:
     """The rows as a markdown table."""
     lines = ["| images | FID | KID (std) | precision | recall | density | coverage |", "|---" * 7 + "|"]
     for r in rows:
-        lines.append(f"| {r['row']} | {r['fid']:.3f} | {r['kid']:.5f} ({r['kid_std']:.5f}) | {r['precision']:.4f} "
+        std = "no spread" if r["kid_std"] is None else f"{r['kid_std']:.5f}"  # one subset: see evaluate.kid
+        lines.append(f"| {r['row']} | {r['fid']:.3f} | {r['kid']:.5f} ({std}) | {r['precision']:.4f} "
                      f"| {r['recall']:.4f} | {r['density']:.4f} | {r['coverage']:.4f} |")
     return "\n".join(lines)
 

@@ -149,7 +149,7 @@ def save_checkpoint(run: Path, step: int, weights: dict[str, dict[str, Tensor]],
     """
     ckpts = run / CHECKPOINTS
     name = f"{CHECKPOINT_PREFIX}{step:08d}"
-    with atomic_path(ckpts / name) as tmp:
+    with atomic_path(ckpts / name, "checkpoint") as tmp:
         tmp.mkdir()
         for filename, tensors in weights.items():
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / filename))

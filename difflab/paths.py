@@ -66,11 +66,12 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, what: str = "output") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it.
 
     Works for files and for folders (the caller creates what it wants at the yielded path).
-    The temporary name is hidden (``.tmp-<pid>-<name>``) and unique per process.
+    The temporary name is hidden (``.tmp-<pid>-<name>``) and unique per process. An ``OSError`` on the way
+    (no permission, disk full) is one :class:`~difflab.errors.UserError` line naming ``what`` and ``path``.
 
     Example::
 
@@ -90,7 +91,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as e:  # no permission, read-only, disk full: one line naming what was being written
-        raise os_error(e, path, "output") from None
+        raise os_error(e, path, what) from None
     finally:
         with contextlib.suppress(OSError):
             _remove(tmp)

@@ -268,6 +268,9 @@ def metrics_section(ctx: ReportContext) -> tuple[str, str]:
            f"{_fmt(ev.get('sampler'))} with {_fmt(ev.get('steps'))} steps, seed {_fmt(ev.get('seed'))}, "
            f"against {_fmt(ev.get('real_n'))} images of {_fmt(ev.get('data'))}")
     body = f'<p class="note">{how}</p>' + _table(["metric", "value", "±", "samples"], _metric_rows(ev), numeric=(1, 2))
+    notes = ev.get("notes") if isinstance(ev.get("notes"), dict) else {}
+    body += "".join(f'<p class="note">{html.escape(str(k).upper())}: {html.escape(str(v))}</p>'
+                    for k, v in notes.items() if v)  # what a figure cannot tell at this sample size
     if ev.get("checkpoint_step") not in (None, ctx.checkpoint_step):
         body += _missing(f"measured at step {ev['checkpoint_step']}, but the newest checkpoint is step "
                          f"{ctx.checkpoint_step}: run `difflab eval` again for current numbers")
