@@ -125,7 +125,7 @@ def test_scratch_encoder_gradients_flow_to_every_parameter() -> None:
 
 def test_scratch_encoder_rebuilds_from_its_vocab_json() -> None:
     enc = build_text_encoder("scratch", texts=CAPTIONS, max_length=L, width=16, layers=1, heads=2)
-    again = build_text_encoder("scratch", vocab_json=enc.to_json(), max_length=L, width=16, layers=1, heads=2)
+    again = build_text_encoder("scratch", tokenizer=WordTokenizer.from_json(enc.to_json()), max_length=L, width=16, layers=1, heads=2)
     again.load_state_dict(enc.state_dict())
     torch.testing.assert_close(again(**again.tokenize(CAPTIONS))[2], enc(**enc.tokenize(CAPTIONS))[2])
 

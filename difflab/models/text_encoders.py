@@ -20,11 +20,13 @@ import json
 import re
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from difflab import files
 from difflab.errors import UserError
 from difflab.nn.transformer import MLP_RATIO, TransformerBlock
 
@@ -108,13 +110,23 @@ class WordTokenizer:
         return json.dumps({"vocab": self.vocab}, indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> WordTokenizer:
-        """The tokenizer saved by :meth:`to_json`."""
+    def from_json(cls, text: str, source: str = "the word vocabulary JSON") -> WordTokenizer:
+        """The tokenizer saved by :meth:`to_json` (``source`` names it in errors)."""
         try:
             vocab = json.loads(text)["vocab"]
+            if not isinstance(vocab, list) or not all(isinstance(w, str) for w in vocab):
+                raise TypeError("'vocab' is not a list of words")
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise UserError(f"the word vocabulary JSON cannot be read ({e}): re-save it with WordTokenizer.to_json")
+            raise UserError(f"{source} cannot be read ({e}): retrain the run that wrote it") from None
         return cls(vocab)
+
+    @classmethod
+    def load(cls, run: str | Path, filename: str, writer: str) -> WordTokenizer:
+        """The tokenizer a run folder keeps as ``RUN/filename`` (``writer``: the command that writes it)."""
+        path = Path(run) / filename
+        fix = f"it is written by `{writer}`: retrain the run"
+        text = files.read_text(path, "vocabulary", fix)
+        return cls.from_json(text, f"vocabulary {path}")
 
 
 class TextTransformer(nn.Module):
@@ -215,7 +227,7 @@ class ScratchTextEncoder(TextEncoder):
         return states, token_mask, masked_mean(states, token_mask)
 
     def to_json(self) -> str:
-        """The vocabulary as JSON text (``build_text_encoder(..., vocab_json=...)`` rebuilds the encoder)."""
+        """The vocabulary as JSON text (``WordTokenizer.load`` reads it back for ``build_text_encoder``)."""
         return self.tokenizer.to_json()
 
 
@@ -371,7 +383,7 @@ class ClipTextEncoder(FrozenTextEncoder):
 TEXT_ENCODERS = ("scratch", "minilm", "clip")
 
 
-def build_text_encoder(kind: str, *, texts: Sequence[str] | None = None, vocab_json: str | None = None,
+def build_text_encoder(kind: str, *, texts: Sequence[str] | None = None, tokenizer: WordTokenizer | None = None,
                        clip: tuple[Any, nn.Module, WordTokenizer] | None = None, max_length: int = 16, width: int = 128, layers: int = 2,
                        heads: int = 4) -> TextEncoder:
     """The text encoder ``kind`` (model.text_encoder).
@@ -379,17 +391,15 @@ def build_text_encoder(kind: str, *, texts: Sequence[str] | None = None, vocab_j
     Args:
         kind: "scratch" | "minilm" | "clip".
         texts: scratch: the training captions its vocabulary is built from ...
-        vocab_json: ... or the vocabulary saved beside a run (``ScratchTextEncoder.to_json``).
+        tokenizer: ... or the vocabulary saved beside a run (``WordTokenizer.load``).
         clip: clip: a loaded CLIP run, (config, model, tokenizer) of ``difflab.tasks.clip.load_clip``.
         max_length: tokens per caption (clip uses the length its run was trained with).
         width, layers, heads: scratch: of its transformer.
     """
     if kind == "scratch":
-        if vocab_json is not None:
-            tokenizer = WordTokenizer.from_json(vocab_json)
-        elif texts is not None:
+        if tokenizer is None and texts is not None:
             tokenizer = WordTokenizer.from_texts(texts)
-        else:
+        elif tokenizer is None:
             raise UserError("text_encoder scratch needs captions to build its vocabulary: use a captioned "
                             "dataset (data.name shapes)")
         return ScratchTextEncoder(tokenizer, width=width, layers=layers, heads=heads, max_length=max_length)

@@ -107,10 +107,7 @@ class ClipTask:
 # -- a trained run -------------------------------------------------------------------------------
 def read_tokenizer(run: str | Path) -> WordTokenizer:
     """The tokenizer saved in a CLIP run folder (RUN/tokenizer.json)."""
-    path = Path(run) / TOKENIZER_FILE
-    if not path.is_file():
-        raise UserError(f"{run} has no {TOKENIZER_FILE}: it was not written by `difflab clip train`; retrain the run")
-    return WordTokenizer.from_json(path.read_text(encoding="utf-8"))
+    return WordTokenizer.load(run, TOKENIZER_FILE, "difflab clip train")
 
 
 class ClipRun(RunBase):

@@ -28,7 +28,7 @@ from difflab.denoisers import Cond
 from difflab.errors import UserError
 from difflab.evaluate.fid import fixed_subset
 from difflab.evaluate.run_eval import text_metrics
-from difflab.models.text_encoders import TextEncoder, build_text_encoder
+from difflab.models.text_encoders import TextEncoder, WordTokenizer, build_text_encoder
 from difflab.models.text_unet import TextConditionedUNet
 from difflab.schedules import Schedule, schedule_from_config
 from difflab.tasks.base import GridRow, SampleRequest, Samples
@@ -49,14 +49,13 @@ def load_text_encoder(cfg: Config, *, texts: Sequence[str] | None = None, run: s
     if m.text_encoder not in TEXT_ENCODERS:
         raise UserError(f"task text-to-image needs a text encoder, but model.text_encoder is {m.text_encoder!r}: "
                         f"set it to one of {', '.join(TEXT_ENCODERS)}, or set task=image")
-    vocab_json = None
+    tokenizer = None
     if m.text_encoder == "scratch" and texts is None:
-        vocab = Path(run) / TOKENIZER_FILE if run is not None else None
-        if vocab is None or not vocab.is_file():
-            raise UserError(f"{run} has no {TOKENIZER_FILE} (the scratch encoder's vocabulary): retrain the run")
-        vocab_json = vocab.read_text(encoding="utf-8")
+        if run is None:
+            raise UserError("a scratch text encoder needs its run folder's vocabulary, or training captions")
+        tokenizer = WordTokenizer.load(run, TOKENIZER_FILE, "difflab train")
     clip = load_clip(m.clip_run) if m.text_encoder == "clip" and m.clip_run is not None else None
-    return build_text_encoder(m.text_encoder, texts=texts, vocab_json=vocab_json, clip=clip,
+    return build_text_encoder(m.text_encoder, texts=texts, tokenizer=tokenizer, clip=clip,
                               max_length=m.text_max_length, width=m.text_width, layers=m.text_layers,
                               heads=m.text_heads)
 
