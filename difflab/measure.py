@@ -14,7 +14,7 @@ import torch
 
 from difflab.errors import UserError
 from difflab.evaluate.prdc import DEFAULT_K
-from difflab.evaluate.run_eval import MIN_SAMPLES, update_eval_file
+from difflab.evaluate.run_eval import MIN_SAMPLES, read_eval_file, update_eval_file
 from difflab.tasks import load_run, sampling_run
 
 NLL_IMAGES = 500  # test images for the bound: its standard error is reported beside it
@@ -51,7 +51,9 @@ def evaluate_run(run: str | Path, *, data: str | None = None, data_path: str | N
         raise UserError(f"evaluation needs at least {MIN_SAMPLES} samples (k-NN balls with k={DEFAULT_K}), "
                         f"got {n}: pass --n {MIN_SAMPLES} or more")
     loaded = sampling_run(run, device, verb="eval")
-    loaded.check_metrics(data=data, data_path=data_path, features=weights)  # bad data fails before sampling
+    if write:
+        read_eval_file(run)  # a metrics.json that could not be updated fails before the work
+    loaded.check_metrics(data=data, data_path=data_path, features=weights)  # ... and so does bad data
     options = {k: v for k, v in options.items() if v is not None}
     start = time.perf_counter()
     samples = loaded.sample(n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, progress=progress,
@@ -92,6 +94,8 @@ def evaluate_run_nll(run: str | Path, *, n: int = NLL_IMAGES, strata: int | None
         raise UserError(f"the bound needs at least 2 test images (for its standard error), got {n}: "
                         "pass --nll-n 2 or more")
     loaded = load_run(run, device, checkpoint=checkpoint)
+    if write:
+        read_eval_file(run)  # a metrics.json that could not be updated fails before the work
     result = {"checkpoint_step": loaded.checkpoint_step,
               **loaded.nll(n, variance=variance, strata=strata, seed=seed, progress=progress)}
     if write:

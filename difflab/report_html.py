@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io as bytes_io
-import json
 import platform
 import subprocess
 import time
@@ -28,7 +27,8 @@ from tqdm.auto import tqdm
 
 from difflab import grids, io
 from difflab.config import Config
-from difflab.evaluate.run_eval import EVAL_FILE
+from difflab.errors import UserError
+from difflab.evaluate.run_eval import EVAL_FILE, read_eval_file
 from difflab.tasks.base import rows_condition
 
 DEFAULT_GRIDS: tuple[tuple[str, int], ...] = (("dpmpp-2m", 10), ("dpmpp-2m", 20), ("ddim", 20), ("ddpm", 100))
@@ -75,16 +75,12 @@ class ReportContext:
 
 def _read_evaluation(run: Path) -> tuple[dict[str, Any] | None, str | None]:
     """``metrics.json`` as a dict, or (None, why) when it is unreadable; (None, None) when absent."""
-    path = run / EVAL_FILE
-    if not path.is_file():
+    if not (run / EVAL_FILE).exists():
         return None, None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        return None, f"{EVAL_FILE} could not be read ({e}): delete it and run `difflab eval` again"
-    if not isinstance(data, dict):
-        return None, f"{EVAL_FILE} does not hold a JSON object: delete it and run `difflab eval` again"
-    return data, None
+        return read_eval_file(run), None
+    except UserError as e:
+        return None, f"{e} (then run `difflab eval` again)"
 
 
 def load_context(loaded: Any, **options: Any) -> ReportContext:

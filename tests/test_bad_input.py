@@ -121,6 +121,7 @@ CASES = [
     case("eval", "a truncated checkpoint", "eval {f}/trunc_ema --n 8", "not a complete safetensors file"),
     case("eval", "feature weights that do not exist", "eval {run} --n 8 --features {f}/nope.safetensors",
          "not found"),
+    case("eval", "a run whose metrics.json is not JSON", "eval {f}/bad_metrics --n 8", "is not valid JSON"),
     # report
     case("report", "a folder that is not a run", "report {f}/empty", "not a run folder"),
     case("report", "a report that is not HTML", "report {run} --out {out}/report.pdf", "name a .html file"),
@@ -196,6 +197,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     _copy_run(run, f / "wrong")
     text = (f / "wrong" / io.CONFIG_FILE).read_text()
     (f / "wrong" / io.CONFIG_FILE).write_text(text.replace("base_channels: 16", "base_channels: 24"))
+    _copy_run(run, f / "bad_metrics")
+    (f / "bad_metrics" / "metrics.json").write_text("{'fid': 3")
     (f / "nockpt").mkdir()
     (f / "nockpt" / io.CONFIG_FILE).write_text((run / io.CONFIG_FILE).read_text())
     _copy_run(run, f / "clip")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from difflab import io
+from difflab import files, io
 from difflab.data import load_dataset
 from difflab.errors import UserError
 from difflab.evaluate.features import EVAL_BATCH, FeatureNet, extract_features
@@ -168,21 +168,24 @@ def shapes_accuracy(images: np.ndarray, prompts: Sequence[str]) -> dict[str, flo
     return {f"attr_{k}": v for k, v in acc.items()} | {"attr_n": len(keep)}
 
 
+def read_eval_file(run: str | Path) -> dict[str, Any]:
+    """RUN/metrics.json ({} when missing); one line when it cannot be read (called before the work, too)."""
+    path = Path(run) / EVAL_FILE
+    if not path.exists():
+        return {}
+    old = files.read_json(path, "evaluation file", "fix or delete it")
+    if not isinstance(old, dict):
+        raise UserError(f"evaluation file {path} holds a JSON {type(old).__name__}, not an object: fix or delete it")
+    return old
+
+
 def update_eval_file(run: str | Path, values: dict[str, Any]) -> dict[str, Any]:
     """Merge ``values`` into RUN/metrics.json (created when missing), atomically; returns the whole file.
 
     Keys not in ``values`` are kept, so commands that add their own (``nll``) do not clobber each other.
     """
     path = Path(run) / EVAL_FILE
-    old: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}): fix or delete it") from e
-        if not isinstance(old, dict):
-            raise UserError(f"{path} holds a JSON {type(old).__name__}, not an object: fix or delete it")
-    merged = {**old, **values}
+    merged = {**read_eval_file(run), **values}
     io.write_text_atomic(path, json.dumps(merged, indent=2) + "\n")
     return merged
 
