@@ -277,7 +277,7 @@ def _npz_fid(source: Path, args: argparse.Namespace) -> tuple[float, str, int]:
 
     if args.data is None:
         raise UserError("a .npz has no dataset name: pass --data NAME")
-    fix = f"pass a .npz written by `difflab sample RUN --out {source.name}`"
+    fix = "pass a .npz written by `difflab sample RUN --out FILE.npz`"
     images = check_images(read_npz(source, ["images"], "sample file", fix)["images"], f"{source}'s images", fix)
     fid = compute_fid(images, data=args.data, data_path=args.data_path, resolution=images.shape[1],
                       weights=args.features)

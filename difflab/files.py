@@ -122,12 +122,19 @@ def read_torch_state(path: str | Path, what: str = "training state",
     return state
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # a .npz is a zip archive of .npy files
+
+
 def read_npz(path: str | Path, keys: Iterable[str], what: str = "array file",
              fix: str = "check the path") -> dict[str, Any]:
     """The named arrays of a ``.npz`` (never unpickled); a missing key, a truncated or foreign file: one line."""
     import numpy as np
 
     path = require_file(path, what, fix)
+    with open(path, "rb") as f:
+        magic = f.read(len(ZIP_MAGIC))
+    if magic != ZIP_MAGIC:  # np.load would read anything else as a .npy or a pickle
+        raise UserError(f"{what} {path} is not a .npz (no zip archive: another format, or empty): {fix}")
     try:
         with np.load(path, allow_pickle=False) as f:
             files = list(f.files)

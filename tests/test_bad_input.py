@@ -108,13 +108,15 @@ CASES = [
     case("sample", "CUDA on a machine without it", "sample {run} --device cuda", "CUDA is not available"),
     # fid
     case("fid", "a .npz without an images array", "fid {f}/labels.npz --data digits", "has no 'images' array"),
-    case("fid", "a .npz that is not one", "fid {f}/text.npz --data digits", "is not a readable .npz"),
+    case("fid", "a .npz that is not one", "fid {f}/text.npz --data digits", "is not a .npz"),
     case("fid", "a .npz of float images", "fid {f}/float.npz --data digits", "not uint8"),
     case("fid", "a .npz of the wrong shape", "fid {f}/flat.npz --data digits", "not (N, H, W, C)"),
     case("fid", "a .npz that does not exist", "fid {f}/nope.npz --data digits", "not found"),
     case("fid", "a .npz without --data", "fid {f}/labels.npz", "pass --data NAME"),
-    case("fid", "feature weights that are not safetensors", "fid {run} --n 8 --features {f}/text.safetensors",
-         "safetensors"),
+    case("fid", "feature weights without their .json", "fid {run} --n 8 --features {f}/text.safetensors",
+         "text.json not found"),
+    case("fid", "feature weights that are not safetensors", "fid {run} --n 8 --features {f}/text2.safetensors",
+         "not a complete safetensors file"),
     case("fid", "a clip run", "fid {f}/clip", "cannot sample"),
     # eval
     case("eval", "a folder that is not a run", "eval {f}/empty", "not a run folder"),
@@ -176,6 +178,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (f / "notes").mkdir()
     (f / "notes" / "todo.txt").write_text("my own notes\n")
     (f / "text.safetensors").write_bytes(b"not really")
+    (f / "text2.safetensors").write_bytes(b"not really")
+    (f / "text2.json").write_text('{"in_channels": 1, "num_classes": 10, "resolution": [8, 8]}')
     np.savez(f / "labels.npz", labels=np.arange(4))
     (f / "text.npz").write_text("not a zip")
     np.savez(f / "float.npz", images=np.zeros((4, 8, 8, 1), np.float32))
@@ -278,6 +282,7 @@ def test_each_mistake_is_one_line_exit_2_and_writes_nothing(world, capsys):
     start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
     if os.environ.get("DIFFLAB_WRITE_README"):
         README.write_text(text[:start] + "\n" + table + "\n" + text[end:])
+        return
     assert text[start:end].strip() == table, "README's bad-input table is stale: regenerate it (see this file's docstring)"
 
 

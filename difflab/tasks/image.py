@@ -25,7 +25,7 @@ from difflab.denoisers import Cond
 from difflab.errors import UserError
 from difflab.evaluate.fid import compute_fid, extractor_for
 from difflab.evaluate.run_eval import evaluate_images
-from difflab.models.unet import UNet
+from difflab.models.unet import UNet, check_resolution
 from difflab.samplers import sample
 from difflab.schedules import Schedule, schedule_from_config
 from difflab.tasks.base import GridRow, SampleRequest, Samples, Section
@@ -54,12 +54,16 @@ def image_channels(cfg: Config) -> int:
 
 
 def load_images(cfg: Config, split: str = "train") -> ImageDataset:
-    """The dataset of ``cfg.data`` (one line when it has no images)."""
-    d = cfg.data
+    """The dataset of ``cfg.data``; one line when it has no images or a side the UNet of ``cfg.model`` cannot take
+    (checked before loading when ``data.resolution`` is set)."""
+    d, m = cfg.data, cfg.model
+    if d.resolution is not None:
+        check_resolution(d.resolution, m.channel_mult, m.patch_size)
     dataset = load_dataset(d.name, path=d.path, resolution=d.resolution, channels=d.channels, split=split,
                            size=d.size, holdout=d.holdout)
     if len(dataset) == 0:
         raise UserError(f"dataset {d.name} has no images: check data.path")
+    check_resolution(dataset.resolution[0], m.channel_mult, m.patch_size)
     return dataset
 
 
