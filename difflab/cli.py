@@ -420,12 +420,14 @@ def _add_clip(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_clip_train(args: argparse.Namespace) -> None:
+    from difflab.files import check_output
     from difflab.tasks.clip import ClipTask, clip_config
     from difflab.train import check_train_config, train
 
     args.out = args.out or f"runs/clip-{args.data}"
     cfg = _train_config(args, lambda overrides: clip_config(args.data, data_path=args.data_path, overrides=overrides))
     check_train_config(cfg.train)
+    check_output(args.out, "run folder", folder=True)
     ckpt = train(ClipTask(cfg), args.out, resume=args.resume, progress=not args.no_progress)
     if _is_main_process():
         print(f"trained {args.out}: checkpoint {ckpt}; measure it with `difflab clip eval {args.out}`")

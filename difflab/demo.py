@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from difflab import io
+from difflab import files, io
 from difflab.config import Config, DataConfig, DiffusionConfig, ModelConfig, SampleConfig, TrainConfig, load_config
 from difflab.tasks.base import Run, SampleRequest, rows_condition
 
@@ -57,6 +57,7 @@ def _train(out: Path, config: str | None) -> None:
     if io.is_finished(out):
         print(f"reusing the finished run in {out} (delete it to train again)")
         return
+    files.check_output(out, "run folder", folder=True)
     resume = io.latest_checkpoint(out) is not None
     cfg = io.read_run_config(out) if resume else load_config(config) if config else replace(
         demo_config(), train=replace(demo_config().train, max_minutes=DEMO_MINUTES))

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from difflab import io
+from difflab import files, io
 from difflab.config import Config, DistillConfig, apply_overrides
 from difflab.denoisers import Cond, eps_from_x0, prediction_target
 from difflab.errors import UserError
@@ -389,7 +389,7 @@ def distill(run: str | Path, steps: int, *, out: str | Path | None = None, teach
         progress: the training loop's progress bar.
     """
     run = Path(run).resolve()
-    out = Path(out) if out is not None else run / "distill"
+    out = files.check_output(Path(out) if out is not None else run / "distill", "distillation folder", folder=True)
     teacher = gaussian_run(run)
     teacher_cfg = teacher.config
     teacher_solver = teacher_solver or DEFAULT_SOLVER

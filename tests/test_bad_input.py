@@ -132,9 +132,11 @@ CASES = [
     case("distill", "a folder that is not a run", "distill {f}/empty --steps 2", "not a run folder"),
     case("distill", "a clip run", "distill {f}/clip --steps 2", "clip run"),
     case("distill", "an unknown teacher solver", "distill {run} --steps 2 --teacher-solver rk4", "rk4"),
+    case("distill", "--out is a file", "distill {run} --steps 2 --out {f}/afile", "is a file"),
     # clip
     case("clip", "a dataset without captions", "clip train --data digits --out {out}/c", "captions"),
     case("clip", "an image run given to clip eval", "clip eval {run}", "clip"),
+    case("clip", "--out inside a file", "clip train --data shapes --out {f}/afile/c", "is a file"),
     # data
     case("data", "shapes smaller than 16 pixels", "data shapes --out {out}/d --n 4 --resolution 8", "16"),
     case("data", "an unknown hold-out combination", "data shapes --out {out}/d --n 4 --holdout purple", "purple"),
