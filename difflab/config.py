@@ -1,14 +1,21 @@
 """Typed run configuration: frozen dataclasses, YAML files, ``--set a.b=v`` overrides.
 
-Unknown keys and values of the wrong type are errors (one line, naming the key and the
-fix); there are no aliases. The resolved config is saved as ``config.yaml`` beside every
-run's checkpoints, and is all that ``difflab sample`` needs to rebuild the model.
+Unknown keys, values of the wrong type and values out of range are errors (one line, naming the
+key and the fix); there are no aliases. A field's range is a :class:`Rule` in its metadata
+(:func:`checked`); rules that tie fields together are :func:`check_config`'s. :func:`from_dict`
+checks both, so YAML files, ``--set`` overrides and a run's saved ``config.yaml`` are all
+validated where they are read, before any library sees a value. The resolved config is saved
+as ``config.yaml`` beside every run's checkpoints, and is all that ``difflab sample`` needs to
+rebuild the model.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +23,55 @@ from typing import Any
 import yaml
 
 from difflab.errors import UserError
+from difflab.files import read_text
+
+
+# -- value rules, attached to the fields -------------------------------------------------------
+RULE = "rule"  # dataclasses.field metadata: the Rule a field's value must satisfy
+EXAMPLE = "example"  # and a valid value to suggest where the default is None
+IMAGE_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: every channel count a loader of difflab.data can give
+# DDPM's linear schedule (Ho et al. 2020, Sec. 4) ends at beta_T = 0.02 for T = 1000, scaled by 1000 / T for
+# other T. difflab.schedules, which imports this module, holds the same DDPM_BETA_END: tests/test_config.py
+# checks that the two agree.
+DDPM_TIMESTEPS = 1000
+DDPM_BETA_END = 0.02
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A range for a config value: ``test`` says whether a value is in it, ``text`` ends "must be ..."."""
+
+    text: str
+    test: Callable[[Any], bool]
+
+
+POSITIVE = Rule("positive", lambda v: v > 0)
+NON_NEGATIVE = Rule("zero or more", lambda v: v >= 0)
+UNIT_INTERVAL = Rule("in [0, 1]", lambda v: 0 <= v <= 1)
+HALF_OPEN = Rule("in [0, 1)", lambda v: 0 <= v < 1)
+OPEN_UNIT = Rule("in (0, 1)", lambda v: 0 < v < 1)
+
+
+def at_least(n: int) -> Rule:
+    """Values >= ``n``."""
+    return Rule(f"at least {n}", lambda v: v >= n)
+
+
+def one_of(*choices: Any) -> Rule:
+    """Values among ``choices``."""
+    return Rule(f"one of {', '.join(map(str, choices))}", lambda v: v in choices)
+
+
+def each(rule: Rule, non_empty: bool = False) -> Rule:
+    """Lists whose every item satisfies ``rule`` (and that have one, with ``non_empty``)."""
+    return Rule(f"a {'non-empty ' if non_empty else ''}list of values {rule.text}",
+                lambda v: (len(v) > 0 or not non_empty) and all(rule.test(x) for x in v))
+
+
+def checked(default: Any, rule: Rule, example: Any = None) -> Any:
+    """A dataclass field with ``default`` whose values :func:`from_dict` checks against ``rule``;
+    ``example`` is the valid value its errors suggest when the default is None. None always passes."""
+    return field(default=default, metadata={RULE: rule, EXAMPLE: example})
 
 
 @dataclass(frozen=True)
@@ -24,11 +80,14 @@ class DataConfig:
 
     name: str = "digits"  # digits | mnist | fashion-mnist | image-folder | shapes (captioned) | mixture2d (2-D points)
     path: str | None = None  # folder of the files; None = the dataset's default place
-    resolution: int | None = None  # square side in pixels; None = the dataset's native size
-    channels: int | None = None  # None = native (1 for the MNIST family, 3 for folders)
+    # square side in pixels; None = the dataset's native size
+    resolution: int | None = checked(None, POSITIVE, example=32)
+    # None = native (1 for the MNIST family, 3 for folders)
+    channels: int | None = checked(None, one_of(*IMAGE_CHANNELS), example=3)
     random_flip: bool = False  # horizontal flips while training (off for digits and clothes)
     class_conditional: bool = True  # condition on labels when the dataset has them
-    size: int | None = None  # shapes: images in the generated training set; None = its default
+    # shapes: images in the generated training set; None = its default
+    size: int | None = checked(None, POSITIVE, example=20000)
     holdout: tuple[str, ...] = ()  # shapes: attribute combinations kept out of training, e.g. "red triangle"
 
 
@@ -36,25 +95,26 @@ class DataConfig:
 class ModelConfig:
     """The UNet denoiser (see :class:`difflab.models.unet.UNet`); ``mlp_*`` for 2-D data (:mod:`difflab.models.mlp`)."""
 
-    base_channels: int = 32
-    channel_mult: tuple[int, ...] = (1, 2)
-    num_res_blocks: int = 2
-    attention_levels: tuple[int, ...] = (1,)
-    num_heads: int = 4
-    dropout: float = 0.0
-    norm_groups: int = 8
-    patch_size: int = 1  # space-to-depth factor before the network (2: a quarter of the positions)
+    base_channels: int = checked(32, POSITIVE)
+    channel_mult: tuple[int, ...] = checked((1, 2), each(at_least(1), non_empty=True))
+    num_res_blocks: int = checked(2, at_least(1))  # per level (the UNet needs one, for its widths)
+    attention_levels: tuple[int, ...] = checked((1,), each(NON_NEGATIVE))  # indices into channel_mult
+    num_heads: int = checked(4, POSITIVE)  # must divide the width of every attention level and the last
+    dropout: float = checked(0.0, HALF_OPEN)
+    norm_groups: int = checked(8, POSITIVE)  # must divide every level's width
+    patch_size: int = checked(1, POSITIVE)  # space-to-depth factor before the network (2: a quarter of the positions)
     coord_channels: bool = False  # append (y, x) coordinates to the input (CoordConv): position from captions
-    num_classes: int = 0  # filled in from the data when data.class_conditional
-    cond_drop_prob: float = 0.1  # condition (class or caption) dropout to the learned null (for guidance)
+    num_classes: int = checked(0, NON_NEGATIVE)  # filled in from the data when data.class_conditional
+    # condition (class or caption) dropout to the learned null (for guidance)
+    cond_drop_prob: float = checked(0.1, UNIT_INTERVAL)
     text_encoder: str = "none"  # none | scratch (trained jointly) | minilm (frozen, pretrained) | clip (frozen, difflab's)
     clip_run: str | None = None  # text_encoder clip: run folder of `difflab clip train`
-    text_max_length: int = 16  # tokens per caption; longer prompts are truncated with a warning
-    text_width: int = 128  # scratch encoder: width of its transformer
-    text_layers: int = 2  # scratch encoder: transformer layers
-    text_heads: int = 4  # scratch encoder: attention heads
-    mlp_width: int = 96  # hidden width of the residual MLP (data.name mixture2d)
-    mlp_blocks: int = 2  # its residual blocks
+    text_max_length: int = checked(16, POSITIVE)  # tokens per caption; longer prompts are truncated with a warning
+    text_width: int = checked(128, POSITIVE)  # scratch encoder: width of its transformer
+    text_layers: int = checked(2, POSITIVE)  # scratch encoder: transformer layers
+    text_heads: int = checked(4, POSITIVE)  # scratch encoder: attention heads (dividing text_width)
+    mlp_width: int = checked(96, POSITIVE)  # hidden width of the residual MLP (data.name mixture2d)
+    mlp_blocks: int = checked(2, POSITIVE)  # its residual blocks
 
 
 @dataclass(frozen=True)
@@ -62,34 +122,36 @@ class DiffusionConfig:
     """The noise process and what the network predicts."""
 
     schedule: str = "linear"  # linear (DDPM) | cosine (improved DDPM)
-    timesteps: int = 1000
-    beta_start: float | None = None  # linear schedule only; None = DDPM's 1e-4 / 0.02 scaled by 1000/T,
-    beta_end: float | None = None  # which is what every config written before these keys meant
+    timesteps: int = checked(1000, at_least(2))  # linear without beta_start / beta_end: more than 20 (beta_T < 1)
+    # linear schedule only, both or neither (beta_start <= beta_end); None = DDPM's 1e-4 / 0.02 scaled by
+    # 1000/T, which is what every config written before these keys meant
+    beta_start: float | None = checked(None, OPEN_UNIT, example=1e-4)
+    beta_end: float | None = checked(None, OPEN_UNIT, example=DDPM_BETA_END)
     prediction: str = "eps"  # eps | x0 | v
     weighting: str = "simple"  # simple (Algorithm 1) | min-snr (Hang et al. 2023)
-    min_snr_gamma: float = 5.0
+    min_snr_gamma: float = checked(5.0, POSITIVE)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The training loop (see :func:`difflab.train.train`)."""
 
-    batch_size: int = 128  # per process, per accumulation step
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
+    batch_size: int = checked(128, at_least(1))  # per process, per accumulation step
+    lr: float = checked(1e-3, POSITIVE)
+    weight_decay: float = checked(0.0, NON_NEGATIVE)
+    warmup_steps: int = checked(100, NON_NEGATIVE)
     lr_decay: str = "none"  # none | cosine (to 10% at max_steps or max_minutes, whichever ends first)
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    ema_decay: float = 0.995  # horizon ~200 steps: fits a run of a few thousand steps
+    grad_clip: float = checked(1.0, NON_NEGATIVE)  # max gradient norm; 0 = no clipping
+    grad_accum: int = checked(1, at_least(1))
+    ema_decay: float = checked(0.995, HALF_OPEN)  # horizon ~200 steps: fits a run of a few thousand steps
     mixed_precision: str = "no"  # no | bf16 | fp16
     channels_last: bool = False  # NHWC memory format for the convolutions
     compile: bool = False  # torch.compile (inductor): pays on long runs and GPUs; minutes of compiling on a CPU
-    max_steps: int = 3000
-    max_minutes: float | None = 5.0  # wall-clock budget of the training loop
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 25
+    max_steps: int = checked(3000, NON_NEGATIVE)
+    max_minutes: float | None = checked(5.0, POSITIVE)  # wall-clock budget of the training loop; None = none
+    checkpoint_every: int = checked(500, at_least(1))
+    keep_checkpoints: int = checked(2, NON_NEGATIVE)  # newest checkpoints kept (io.save_checkpoint); 0 = keep all
+    log_every: int = checked(25, at_least(1))
     log_with: str = "none"  # none | tensorboard (loss, lr, images/s and sample grids under RUN/logs)
     seed: int = 0
 
@@ -99,26 +161,26 @@ class SampleConfig:
     """Defaults of ``difflab sample`` (each has a command-line flag)."""
 
     sampler: str = "dpmpp-2m"  # ddpm | ddim | dpmpp-2m | dpmpp-3m | euler | heun
-    steps: int = 20
+    steps: int = checked(20, at_least(1))
     grid: str | None = None  # None = the sampler's; trailing | trailing-fractional | leading | linspace | karras | ...
-    eta: float = 0.0  # ddim only
+    eta: float = checked(0.0, NON_NEGATIVE)  # ddim only
     variance: str = "beta_tilde"  # ddpm only: beta_tilde | beta
-    guidance: float = 1.0  # classifier-free guidance scale; 1 = plain conditional model
+    guidance: float = checked(1.0, NON_NEGATIVE)  # classifier-free guidance scale; 1 = plain conditional model
     clip_x0: bool = True  # clamp x0_hat to the data range [-1, 1]
-    batch_size: int = 500
+    batch_size: int = checked(500, at_least(1))
 
 
 @dataclass(frozen=True)
 class ClipConfig:
     """difflab's own CLIP (``task: clip``, see :mod:`difflab.models.clip`)."""
 
-    embed_dim: int = 128  # joint image-text embedding
-    image_width: int = 32  # channels of the image encoder's first stage
-    text_width: int = 128  # text transformer width
-    text_layers: int = 2
-    text_heads: int = 4
-    max_length: int = 16  # tokens per caption
-    temperature: float = 0.07  # initial softmax temperature (learned; Radford et al. 2021)
+    embed_dim: int = checked(128, POSITIVE)  # joint image-text embedding
+    image_width: int = checked(32, POSITIVE)  # channels of the image encoder's first stage
+    text_width: int = checked(128, POSITIVE)  # text transformer width
+    text_layers: int = checked(2, POSITIVE)
+    text_heads: int = checked(4, POSITIVE)  # dividing text_width
+    max_length: int = checked(16, POSITIVE)  # tokens per caption
+    temperature: float = checked(0.07, POSITIVE)  # initial softmax temperature (learned; Radford et al. 2021)
 
 
 @dataclass(frozen=True)
@@ -128,11 +190,13 @@ class DistillConfig:
     which is what configs written before those keys existed mean."""
 
     teacher: str | None = None  # run folder of the first teacher; None = not a distilled run
-    teacher_steps: int = 64  # steps of that teacher's solver; the first student takes teacher_substeps in one
+    # steps of that teacher's solver; the first student takes teacher_substeps in one
+    teacher_steps: int = checked(64, at_least(2))
     teacher_solver: str = "ddim"  # first teacher: ddim | dpmpp-2s | dpmpp-2m (trajectory; later teachers: ddim)
-    teacher_substeps: int = 2  # first-teacher steps per first-student step (later rounds: 2)
-    steps: int = 0  # DDIM steps of this student (= sample.steps)
-    guidance: float = 1.0  # classifier-free guidance of the first teacher, built into every student
+    teacher_substeps: int = checked(2, at_least(1))  # first-teacher steps per first-student step (later rounds: 2)
+    steps: int = checked(0, NON_NEGATIVE)  # DDIM steps of this student (= sample.steps); 0 = not distilled
+    # classifier-free guidance of the first teacher, built into every student
+    guidance: float = checked(1.0, NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -207,7 +271,109 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             kwargs[key] = from_dict(tp, value, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
-    return cls(**kwargs)
+            _check_rule(known[key], kwargs[key], value, f"{prefix}{key}")
+    cfg = cls(**kwargs)
+    if cls is Config:
+        check_config(cfg)
+    return cfg
+
+
+def _yaml_value(value: Any) -> str:
+    """A value as one shell-safe YAML word for ``--set key=value`` (lists without spaces)."""
+    return json.dumps(list(value) if isinstance(value, tuple) else value, separators=(",", ":"))
+
+
+def _check_rule(f: Any, value: Any, raw: Any, key: str) -> None:
+    """Raise a one-line UserError when ``value`` (read as ``raw``) breaks the rule of field ``f``."""
+    rule = f.metadata.get(RULE)
+    if rule is None or value is None:
+        return
+    numbers = value if isinstance(value, tuple) else (value,)
+    finite = all(math.isfinite(v) for v in numbers if isinstance(v, float))
+    if not (finite and rule.test(value)):
+        example = f.default if f.default is not None else f.metadata[EXAMPLE]
+        finite_text = "" if finite else "finite and "
+        raise UserError(f"config key {key} must be {finite_text}{rule.text}, got {raw}: "
+                        f"fix it with --set {key}={_yaml_value(example)}")
+
+
+# -- rules across fields -----------------------------------------------------------------------
+def _largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` that is at most ``at_most`` (1 at least)."""
+    return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
+
+
+def _check_heads(section: str, width: int, heads: int) -> None:
+    """``{section}_width`` must split evenly into ``{section}_heads`` attention heads."""
+    if width % heads:
+        raise UserError(f"config key {section}_heads={heads} does not divide {section}_width={width}: "
+                        f"fix it with --set {section}_heads={_largest_divisor(width, heads)}")
+
+
+def _check_unet(m: ModelConfig) -> None:
+    """The UNet's rules (:class:`difflab.models.unet.UNet`): attention levels that exist, widths
+    ``base_channels * channel_mult`` that ``norm_groups`` divides, attention widths ``num_heads`` divides."""
+    levels = len(m.channel_mult)
+    kept = [lvl for lvl in m.attention_levels if lvl < levels]
+    if len(kept) < len(m.attention_levels):
+        raise UserError(f"config key model.attention_levels={_yaml_value(m.attention_levels)} names levels that "
+                        f"model.channel_mult={_yaml_value(m.channel_mult)} does not have (0..{levels - 1}): "
+                        f"fix it with --set model.attention_levels={_yaml_value(kept)}")
+    widths = [m.base_channels * mult for mult in m.channel_mult]
+    if any(w % m.norm_groups for w in widths):
+        base = math.ceil(m.base_channels / m.norm_groups) * m.norm_groups
+        groups = _largest_divisor(math.gcd(*widths), m.norm_groups)
+        raise UserError(f"config key model.norm_groups={m.norm_groups} does not divide the level widths {widths} "
+                        f"(model.base_channels x model.channel_mult): fix it with --set model.norm_groups={groups} "
+                        f"or --set model.base_channels={base}")
+    attended = sorted({widths[lvl] for lvl in m.attention_levels} | {widths[-1]})  # the middle block attends too
+    common = math.gcd(*attended)
+    if common % m.num_heads:
+        raise UserError(f"config key model.num_heads={m.num_heads} does not divide the attention widths {attended} "
+                        f"(model.attention_levels and the middle block): "
+                        f"fix it with --set model.num_heads={_largest_divisor(common, m.num_heads)}")
+
+
+def default_beta_end(timesteps: int) -> float:
+    """beta_T of the linear schedule without ``diffusion.beta_start`` / ``beta_end``: DDPM's scaled by 1000 / T
+    (Nichol & Dhariwal 2021, Sec. 3.2), as :func:`difflab.schedules.make_schedule` builds it."""
+    return DDPM_BETA_END * DDPM_TIMESTEPS / timesteps
+
+
+def _check_betas(d: DiffusionConfig) -> None:
+    """The linear schedule's range: both ends or neither, beta_start <= beta_end, and a resolved beta_T < 1
+    (DDPM's range scaled to T <= 20 reaches beta_T >= 1: alpha_bar_T = 0, a degenerate schedule)."""
+    start, end = _field(DiffusionConfig, "beta_start"), _field(DiffusionConfig, "beta_end")
+    example = f"--set diffusion.beta_start={start.metadata[EXAMPLE]} diffusion.beta_end={end.metadata[EXAMPLE]}"
+    if (d.beta_start is None) != (d.beta_end is None):
+        raise UserError(f"config keys diffusion.beta_start ({_yaml_value(d.beta_start)}) and diffusion.beta_end "
+                        f"({_yaml_value(d.beta_end)}) go together: set both ({example}) or neither "
+                        f"(DDPM's range scaled to diffusion.timesteps)")
+    if d.beta_start is not None and d.beta_start > d.beta_end:
+        raise UserError(f"config key diffusion.beta_start={d.beta_start} is above diffusion.beta_end={d.beta_end}: "
+                        f"fix it with {example}")
+    if d.schedule == "linear" and d.beta_end is None and default_beta_end(d.timesteps) >= 1:
+        raise UserError(f"config key diffusion.timesteps={d.timesteps} makes the linear schedule's last beta "
+                        f"{default_beta_end(d.timesteps):g} >= 1 (DDPM's range scaled by 1000/T), a degenerate "
+                        f"alpha_bar_T = 0: fix it with --set diffusion.timesteps={DiffusionConfig.timesteps}, "
+                        f"or give the range: {example}")
+
+
+def _field(cls: type, name: str) -> Any:
+    """The dataclass field ``name`` of ``cls``."""
+    return next(f for f in fields(cls) if f.name == name)
+
+
+def check_config(cfg: Config) -> None:
+    """Rules that tie fields together; :func:`from_dict` runs it on every whole config it reads.
+
+    Raises:
+        UserError: one line naming the keys and a fix.
+    """
+    _check_unet(cfg.model)
+    _check_heads("model.text", cfg.model.text_width, cfg.model.text_heads)
+    _check_heads("clip.text", cfg.clip.text_width, cfg.clip.text_heads)
+    _check_betas(cfg.diffusion)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -247,10 +413,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = Config()
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file {p} not found: pass a YAML file such as configs/digits.yaml")
+        text = read_text(p, "config file", "pass a YAML file such as configs/digits.yaml")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise UserError(f"config file {p} is not valid YAML ({str(e).splitlines()[0]}): fix the file") from None
         cfg = from_dict(Config, data)

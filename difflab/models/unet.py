@@ -124,6 +124,33 @@ def _check_config(in_channels: int, widths: list[int], attention_levels: Sequenc
                         "must be >= 0: fix the model config")
 
 
+def _size_factor(levels: int, patch_size: int) -> int:
+    """What H and W must be multiples of: the patch, then a halving between each two of ``levels``."""
+    return patch_size * RESAMPLE_FACTOR ** (levels - 1)
+
+
+def check_resolution(resolution: int, channel_mult: Sequence[int], patch_size: int) -> None:
+    """Raise a one-line UserError unless a square side ``resolution`` fits the UNet: it must be a
+    multiple of ``patch_size * 2 ** (len(channel_mult) - 1)`` (the pixel unshuffle, then each downsampling
+    halves the side exactly, so that the up path's skips match).
+
+    Args:
+        resolution: side of the images in pixels (``data.resolution``, or the dataset's native one).
+        channel_mult: ``model.channel_mult``; its length is the number of levels.
+        patch_size: ``model.patch_size``.
+
+    Raises:
+        UserError: naming the nearest valid resolutions.
+    """
+    factor = _size_factor(len(channel_mult), patch_size)
+    if resolution < 1 or resolution % factor:
+        below, above = resolution // factor * factor, (max(resolution, 0) // factor + 1) * factor
+        valid = f"{below} or {above}" if below > 0 else f"{above}"
+        raise UserError(f"data.resolution {resolution} is not a positive multiple of {factor} (model.patch_size "
+                        f"{patch_size} x 2**(levels-1) for model.channel_mult of length {len(channel_mult)}): "
+                        f"set data.resolution={valid}, or use fewer levels or a smaller model.patch_size")
+
+
 # -- the network ---------------------------------------------------------------------------
 class UNet(nn.Module):
     """UNet denoiser with time, class and cross-attention conditioning.
@@ -236,7 +263,7 @@ class UNet(nn.Module):
         B, C, H, W = x.shape
         if C != self.in_channels:
             raise ValueError(f"UNet built for {self.in_channels} channels got input with {C}")
-        factor = self.patch_size * RESAMPLE_FACTOR ** (self.levels - 1)
+        factor = _size_factor(self.levels, self.patch_size)
         if H % factor or W % factor:
             raise UserError(f"image size {H}x{W} is not divisible by {factor} (patch_size x 2**(levels-1) for "
                             f"channel_mult of length {self.levels}): use data.resolution divisible by {factor}, "
