@@ -206,7 +206,12 @@ def _device(name: str | None):
     if name:
         if name.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("CUDA is not available on this machine: pass --device cpu")
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+            torch.empty(0, device=device)  # a device type this build of PyTorch cannot use fails here
+        except RuntimeError:
+            raise UserError(f"device {name!r} cannot be used here: pass --device cpu or --device cuda") from None
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -258,7 +258,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested dict; unknown keys are errors."""
     if not isinstance(data, dict):
-        raise UserError(f"config section {prefix.rstrip('.') or '<top>'} must be a mapping, got {data!r}")
+        where = f"config section {prefix.rstrip('.')}" if prefix else "a config"
+        raise UserError(f"{where} must be a mapping of keys to values, got {type(data).__name__} {data!r:.60}: "
+                        "write it as configs/digits.yaml does")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
@@ -418,6 +420,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise UserError(f"config file {p} is not valid YAML ({str(e).splitlines()[0]}): fix the file") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config file {p} holds a {type(data).__name__}, not a mapping of sections (data:, model:, "
+                            "train:, ...): write it as configs/digits.yaml does")
         cfg = from_dict(Config, data)
     return apply_overrides(cfg, overrides or [])
 

@@ -81,7 +81,7 @@ def read_json(path: str | Path, what: str = "JSON file", fix: str = "check the p
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno}): fix or replace the file") from None
+        raise UserError(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno}): {fix}") from None
 
 
 def read_safetensors(path: str | Path, what: str = "weights file",

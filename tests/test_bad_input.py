@@ -70,6 +70,8 @@ CASES = [
          "diffusion.timesteps"),
     case("train", "a resolution the network cannot halve", "train --out {out}/r --set data.resolution=9",
          "resolution"),
+    case("train", "a default sampler that does not exist", "train --out {out}/r --set sample.sampler=fast",
+         "unknown sampler 'fast'"),
     case("train", "a negative step budget", "train --out {out}/r --max-steps -5", "must be zero or positive"),
     case("train", "an unknown kind of run", "train --out {out}/r --set task=segmentation", "unknown task"),
     case("train", "an unknown dataset", "train --out {out}/r --set data.name=cifar", "cifar"),
@@ -105,6 +107,7 @@ CASES = [
     case("sample", "a prompt for a class-conditional run", "sample {run} --prompt cat", "cannot be used"),
     case("sample", "a prompts file that is not UTF-8", "sample {t2i} --prompts {f}/latin1.txt", "is not UTF-8"),
     case("sample", "a prompts file that does not exist", "sample {t2i} --prompts {f}/nope.txt", "not found"),
+    case("sample", "a device PyTorch does not know", "sample {run} --device tpu", "cannot be used here"),
     case("sample", "CUDA on a machine without it", "sample {run} --device cuda", "CUDA is not available"),
     # fid
     case("fid", "a .npz without an images array", "fid {f}/labels.npz --data digits", "has no 'images' array"),

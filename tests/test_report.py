@@ -167,7 +167,7 @@ def test_missing_or_broken_evaluation_is_a_hint(tiny_run, tmp_path):
     assert "no NLL in metrics.json yet" in rh.elbo_section(ctx)[1]
     (run / rh.EVAL_FILE).write_text('{"fid": 1')  # torn write
     ctx = _ctx(run)
-    assert "could not be read" in rh.metrics_section(ctx)[1]
+    assert "is not valid JSON" in rh.metrics_section(ctx)[1] and "run `difflab eval` again" in rh.metrics_section(ctx)[1]
     (run / io.METRICS_FILE).unlink()
     assert "no training log" in rh.training_section(_ctx(run))[1]
 

@@ -23,11 +23,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from difflab.config import SampleConfig
 from difflab.denoisers import Cond, Denoiser
 from difflab.errors import UserError
 from difflab.samplers.common import Sampler, randn
 from difflab.samplers.ddim import ddim
-from difflab.samplers.ddpm import ddpm
+from difflab.samplers.ddpm import VARIANCES, ddpm
 from difflab.samplers.dpm_solver import dpmpp_2m, dpmpp_3m
 from difflab.samplers.karras import euler, heun
 from difflab.schedules import Schedule, step_grid
@@ -47,7 +48,7 @@ def default_grid(name: str, steps: int) -> str:
     return grid if steps <= most else DEFAULT_GRID[name]
 
 
-__all__ = ["DEFAULT_GRID", "FEW_STEPS_GRID", "SAMPLERS", "Sampler", "default_grid", "get_sampler", "sample", "ddim",
+__all__ = ["DEFAULT_GRID", "FEW_STEPS_GRID", "SAMPLERS", "Sampler", "check_sample_config", "default_grid", "get_sampler", "sample", "ddim",
            "ddpm", "dpmpp_2m", "dpmpp_3m", "euler", "heun"]
 
 
@@ -56,6 +57,18 @@ def get_sampler(name: str) -> Sampler:
     if name not in SAMPLERS:
         raise UserError(f"unknown sampler {name!r}: use one of {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
+
+
+def check_sample_config(s: SampleConfig, schedule: Schedule) -> None:
+    """One line, before training, for ``sample.*`` defaults that ``difflab sample`` would refuse only later."""
+    try:
+        get_sampler(s.sampler)
+        step_grid(schedule, s.steps, s.grid or default_grid(s.sampler, s.steps))
+        if s.variance not in VARIANCES:
+            raise UserError(f"unknown ddpm variance {s.variance!r}: use one of {', '.join(VARIANCES)}")
+    except UserError as e:
+        raise UserError(f"the config's sample settings (sample.sampler, sample.steps, sample.grid, "
+                        f"sample.variance) would not sample: {e}") from None
 
 
 def sample(name: str, denoiser: Denoiser, shape: tuple[int, ...], schedule: Schedule, *, steps: int,

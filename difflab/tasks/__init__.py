@@ -57,8 +57,13 @@ def _module(name: str) -> ModuleType:
 
 def build_task(cfg: Config) -> Task:
     """The training task of a config (its ``task``, resolved by :func:`task_name`)."""
+    from difflab.samplers import check_sample_config
+
     cfg = resolve(cfg)
-    return _module(cfg.task).TASK(cfg)
+    task = _module(cfg.task).TASK(cfg)
+    if isinstance(task, GaussianTask):  # its sampling defaults fail now, not after training
+        check_sample_config(task.config.sample, task.schedule)
+    return task
 
 
 def run_classes() -> list[type]:
