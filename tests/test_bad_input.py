@@ -53,7 +53,7 @@ CASES = [
     case("train", "a config file that does not exist", "train {f}/nope.yaml --out {out}/r", "not found"),
     case("train", "a config that is not valid YAML", "train {f}/broken.yaml --out {out}/r", "is not valid YAML"),
     case("train", "a config that is not UTF-8 text", "train {f}/latin1.yaml --out {out}/r", "is not UTF-8"),
-    case("train", "a config that is a list, not a mapping", "train {f}/list.yaml --out {out}/r", "must be a mapping"),
+    case("train", "a config that is a list, not a mapping", "train {f}/list.yaml --out {out}/r", "not a mapping"),
     case("train", "a folder given as the config", "train {f} --out {out}/r", "is a folder"),
     case("train", "a misspelt config key", "train --out {out}/r --set model.widht=3", "unknown config key"),
     case("train", "a value of the wrong type", "train --out {out}/r --set train.lr=fast", "must be float"),
