@@ -44,7 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from difflab import io
-from difflab.config import TrainConfig
+from difflab.config import Config, TrainConfig, from_dict, to_dict
 from difflab.errors import UserError
 
 if TYPE_CHECKING:  # only for annotations: importing difflab.tasks would load every task's package
@@ -62,14 +62,8 @@ SEED_STRIDE = 1_000_003  # separates the per-step generator seeds of runs with d
 
 
 def check_train_config(t: TrainConfig) -> None:
-    """One-line errors for budgets and options that cannot work."""
-    if t.max_steps < 0:
-        raise UserError(f"max steps must be zero or positive, got {t.max_steps}: pass --max-steps N with N >= 0")
-    if t.max_minutes is not None and t.max_minutes <= 0:
-        raise UserError(f"max minutes must be positive, got {t.max_minutes}: pass --max-minutes M with M > 0")
-    for name in ("batch_size", "grad_accum", "checkpoint_every", "log_every"):
-        if getattr(t, name) < 1:
-            raise UserError(f"train.{name} must be at least 1, got {getattr(t, name)}: fix it with --set train.{name}=N")
+    """One-line errors for training options that cannot work (the numbers are checked where configs are read,
+    by their rules in :mod:`difflab.config`)."""
     if t.lr_decay not in LR_DECAYS:
         raise UserError(f"unknown train.lr_decay {t.lr_decay!r}: use one of {', '.join(LR_DECAYS)}")
     if t.mixed_precision not in MIXED_PRECISIONS:
@@ -344,6 +338,7 @@ def train(task: Task, out: str | Path, *, resume: bool = False, progress: bool =
             and optimizer state as the uninterrupted run).
     """
     out = Path(out)
+    from_dict(Config, to_dict(task.config))  # the rules of every value, for configs built in code too
     check_train_config(task.config.train)
     if not resume and io.latest_checkpoint(out) is not None:
         raise UserError(f"{out} already holds a run with checkpoints: pass --resume to continue it, or choose "
