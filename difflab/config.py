@@ -30,10 +30,10 @@ from difflab.files import read_text
 RULE = "rule"  # dataclasses.field metadata: the Rule a field's value must satisfy
 EXAMPLE = "example"  # and a valid value to suggest where the default is None
 IMAGE_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: every channel count a loader of difflab.data can give
-# DDPM's linear schedule (Ho et al. 2020, Sec. 4) ends at beta_T = 0.02 for T = 1000, scaled by 1000 / T for
-# other T. difflab.schedules, which imports this module, holds the same DDPM_BETA_END: tests/test_config.py
-# checks that the two agree.
+# DDPM's linear schedule (Ho et al. 2020, Sec. 4) runs from beta_1 = 1e-4 to beta_T = 0.02 for T = 1000, scaled
+# by 1000 / T for other T (difflab.schedules builds it from these; the config rules check its beta_T < 1).
 DDPM_TIMESTEPS = 1000
+DDPM_BETA_START = 1e-4
 DDPM_BETA_END = 0.02
 
 
@@ -336,10 +336,16 @@ def _check_unet(m: ModelConfig) -> None:
                         f"fix it with --set model.num_heads={_largest_divisor(common, m.num_heads)}")
 
 
+def default_linear_range(timesteps: int) -> tuple[float, float]:
+    """(beta_1, beta_T) of the linear schedule without ``diffusion.beta_start`` / ``beta_end``: DDPM's scaled by
+    1000 / T (Nichol & Dhariwal 2021, Sec. 3.2), as :func:`difflab.schedules.make_schedule` builds it."""
+    scale = DDPM_TIMESTEPS / timesteps
+    return DDPM_BETA_START * scale, DDPM_BETA_END * scale
+
+
 def default_beta_end(timesteps: int) -> float:
-    """beta_T of the linear schedule without ``diffusion.beta_start`` / ``beta_end``: DDPM's scaled by 1000 / T
-    (Nichol & Dhariwal 2021, Sec. 3.2), as :func:`difflab.schedules.make_schedule` builds it."""
-    return DDPM_BETA_END * DDPM_TIMESTEPS / timesteps
+    """beta_T of :func:`default_linear_range`."""
+    return default_linear_range(timesteps)[1]
 
 
 def _check_betas(d: DiffusionConfig) -> None:

@@ -33,14 +33,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from difflab.config import DiffusionConfig
+from difflab.config import DDPM_BETA_END, DDPM_BETA_START, DiffusionConfig, default_linear_range
 from difflab.errors import UserError
 
 CLEAN_T = -1.0  # the time of clean data: alpha_bar = 1, sigma = 0
 SCHEDULES = ("linear", "cosine")
 GRIDS = ("trailing", "trailing-fractional", "leading", "linspace", "karras", "edm", "edm-open", "logsnr", "uniform")
-DDPM_BETA_START = 1e-4  # Ho et al. 2020, Sec. 4: the linear schedule's beta_1 at T = 1000
-DDPM_BETA_END = 0.02  # and its beta_T
 COSINE_S = 0.008  # Nichol & Dhariwal 2021, eq. 17 offset
 COSINE_MAX_BETA = 0.999  # Nichol & Dhariwal 2021: betas clipped to avoid a singularity at t = T
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5
@@ -186,9 +184,7 @@ class Schedule:
 def _linear_range(T: int, beta_start: float | None, beta_end: float | None) -> tuple[float, float]:
     """The linear schedule's (beta_1, beta_T): as given, or DDPM's range scaled by 1000 / T when both are None."""
     if beta_start is None and beta_end is None:
-        # DDPM's endpoints are for T = 1000; scale them for other T (Nichol & Dhariwal 2021, Sec. 3.2)
-        scale = 1000 / T
-        return scale * DDPM_BETA_START, scale * DDPM_BETA_END
+        return default_linear_range(T)
     if beta_start is None or beta_end is None:
         raise UserError(f"only one of diffusion.beta_start ({beta_start}) and beta_end ({beta_end}) is set: "
                         f"set both, or neither for DDPM's range scaled to diffusion.timesteps")
