@@ -80,13 +80,26 @@ def _train_config(args: argparse.Namespace, fresh=None):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from difflab import io
     from difflab.files import check_output
-    from difflab.tasks import build_task
+    from difflab.tasks import build_task, stages
     from difflab.train import check_train_config, train
 
     cfg = _train_config(args)
     check_train_config(cfg.train)
     check_output(args.out, "run folder", folder=True)
+    before, cfg = stages(cfg)
+    if before and io.latest_checkpoint(args.out) is not None and not args.resume:
+        raise UserError(f"{args.out} already holds a run with checkpoints: pass --resume to continue it, or choose "
+                        "another --out")
+    for stage in before:  # e.g. latent diffusion's autoencoder: RUN/autoencoder, skipped once finished
+        folder = Path(args.out) / stage.name
+        if io.is_finished(folder):
+            continue
+        if _is_main_process():
+            print(f"stage {stage.name}: training {folder}")
+        train(build_task(stage.config), folder, resume=io.latest_checkpoint(folder) is not None,
+              progress=not args.no_progress)
     ckpt = train(build_task(cfg), args.out, resume=args.resume, progress=not args.no_progress)
     if _is_main_process():
         print(f"trained {args.out}: checkpoint {ckpt}")

@@ -2,7 +2,9 @@
 
 Every kind is a module here defining ``TASK`` (its :class:`~difflab.tasks.base.Task`, what the training
 loop trains) and ``RUN`` (its :class:`~difflab.tasks.base.Run`, a trained run folder loaded for
-sampling, metrics and reports). A new kind is a new module and one line in :data:`TASKS`.
+sampling, metrics and reports). A new kind is a new module and one line in :data:`TASKS`. A kind built
+from several trained networks (latent diffusion's autoencoder, a cascade's base model) also defines
+``stages(cfg)``: the runs ``difflab train`` trains first, into ``RUN/<stage name>`` (:func:`stages`).
 
 Configs and run folders written before ``task`` named the kind say ``task: diffusion`` (or nothing):
 :func:`task_name` maps them once, here, to the kind the code then inferred from ``data.name`` and
@@ -12,7 +14,7 @@ Configs and run folders written before ``task`` named the kind say ``task: diffu
 from __future__ import annotations
 
 import importlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -64,6 +66,33 @@ def build_task(cfg: Config) -> Task:
     if isinstance(task, GaussianTask):  # its sampling defaults fail now, not after training
         check_sample_config(task.config.sample, task.schedule)
     return task
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A run a kind trains before its own, inside its folder: ``RUN/<name>`` with its own config (e.g. latent
+    diffusion's autoencoder, a cascade's base model)."""
+
+    name: str
+    config: Config
+
+
+def stages(cfg: Config) -> tuple[list[Stage], Config]:
+    """The stages of a config's kind, in training order, and the main run's config (which refers to them by
+    ``RUN/<name>``). A kind's module that trains stages defines ``stages(cfg) -> (list[Stage], cfg)``; others
+    have none.
+    """
+    cfg = resolve(cfg)
+    own = getattr(_module(cfg.task), "stages", None)
+    return own(cfg) if own is not None else ([], cfg)
+
+
+def stage_folder(run: str | Path, ref: str | Path) -> Path:
+    """A stage (or other run) a config names: a path relative to the run folder ``run`` (a stage, ``RUN/<name>``),
+    else as given (absolute, or relative to the working directory)."""
+    ref = Path(ref)
+    inside = Path(run) / ref
+    return inside if not ref.is_absolute() and inside.is_dir() else ref
 
 
 def run_classes() -> list[type]:
@@ -136,5 +165,5 @@ def gaussian_task(cfg: Config) -> GaussianTask:
     return task
 
 
-__all__ = ["LEGACY_TASK", "TASKS", "build_task", "gaussian_run", "gaussian_task", "load_run", "resolve",
-           "run_class", "run_classes", "sampling_run", "task_name"]
+__all__ = ["LEGACY_TASK", "TASKS", "Stage", "build_task", "gaussian_run", "gaussian_task", "load_run", "resolve",
+           "run_class", "run_classes", "sampling_run", "stage_folder", "stages", "task_name"]
