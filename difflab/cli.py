@@ -98,9 +98,9 @@ def cmd_train(args: argparse.Namespace) -> None:
             continue
         if _is_main_process():
             print(f"stage {stage.name}: training {folder}")
-        train(build_task(stage.config), folder, resume=io.latest_checkpoint(folder) is not None,
+        train(build_task(stage.config, folder), folder, resume=io.latest_checkpoint(folder) is not None,
               progress=not args.no_progress)
-    ckpt = train(build_task(cfg), args.out, resume=args.resume, progress=not args.no_progress)
+    ckpt = train(build_task(cfg, args.out), args.out, resume=args.resume, progress=not args.no_progress)
     if _is_main_process():
         print(f"trained {args.out}: checkpoint {ckpt}")
 

@@ -57,12 +57,21 @@ def _module(name: str) -> ModuleType:
     return importlib.import_module(TASKS[name])
 
 
-def build_task(cfg: Config) -> Task:
-    """The training task of a config (its ``task``, resolved by :func:`task_name`)."""
+def build_task(cfg: Config, run: str | Path | None = None) -> Task:
+    """The training task of a config (its ``task``, resolved by :func:`task_name`).
+
+    Args:
+        cfg: the config.
+        run: the folder it will train into (None: not known). A kind whose config names other runs relative to
+            that folder (its stages, ``RUN/<name>``, read while training: :func:`stage_folder`) defines
+            ``task_for_run(cfg, run) -> Task`` in its module, used instead of ``TASK(cfg)``; others ignore ``run``.
+    """
     from difflab.samplers import check_sample_config
 
     cfg = resolve(cfg)
-    task = _module(cfg.task).TASK(cfg)
+    module = _module(cfg.task)
+    for_run = getattr(module, "task_for_run", None)
+    task = for_run(cfg, None if run is None else Path(run)) if for_run is not None else module.TASK(cfg)
     if isinstance(task, GaussianTask):  # its sampling defaults fail now, not after training
         check_sample_config(task.config.sample, task.schedule)
     return task
