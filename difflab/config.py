@@ -50,6 +50,7 @@ NON_NEGATIVE = Rule("zero or more", lambda v: v >= 0)
 UNIT_INTERVAL = Rule("in [0, 1]", lambda v: 0 <= v <= 1)
 HALF_OPEN = Rule("in [0, 1)", lambda v: 0 <= v < 1)
 OPEN_UNIT = Rule("in (0, 1)", lambda v: 0 < v < 1)
+PERCENTILE = Rule("a percentile in (0, 100]", lambda v: 0 < v <= 100)
 
 
 def at_least(n: int) -> Rule:
@@ -167,6 +168,9 @@ class SampleConfig:
     variance: str = "beta_tilde"  # ddpm only: beta_tilde | beta
     guidance: float = checked(1.0, NON_NEGATIVE)  # classifier-free guidance scale; 1 = plain conditional model
     clip_x0: bool = True  # clamp x0_hat to the data range [-1, 1]
+    # Imagen's dynamic thresholding of the guided x0_hat at this percentile of |x0_hat| (e.g. 99.5; replaces
+    # clip_x0; difflab.denoisers.dynamic_threshold); None = off
+    dynamic_threshold: float | None = checked(None, PERCENTILE, example=99.5)
     batch_size: int = checked(500, at_least(1))
 
 
@@ -181,6 +185,58 @@ class ClipConfig:
     text_heads: int = checked(4, POSITIVE)  # dividing text_width
     max_length: int = checked(16, POSITIVE)  # tokens per caption
     temperature: float = checked(0.07, POSITIVE)  # initial softmax temperature (learned; Radford et al. 2021)
+
+
+POWER_OF_TWO = Rule("a power of 2, at least 2", lambda v: v >= 2 and v & (v - 1) == 0)
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """The KL autoencoder (``task: autoencoder``) and the VAE (``task: vae``): the network of
+    :class:`difflab.models.autoencoder.KLAutoencoder`, its loss (:mod:`difflab.tasks.autoencoder`)."""
+
+    latent_channels: int = checked(4, POSITIVE)  # C of the latent z (Stable Diffusion's KL-f8: 4)
+    downsample: int = checked(4, POWER_OF_TWO)  # f: the latent is (H/f, W/f); log2(f) halvings
+    base_channels: int = checked(32, POSITIVE)  # width of the full-resolution level
+    max_channels: int = checked(128, POSITIVE)  # level i is min(base_channels * 2**i, max_channels) wide
+    num_res_blocks: int = checked(1, at_least(1))  # per level (the decoder has one more)
+    attention: bool = True  # self-attention in the middle, at the latent's resolution (LDM's autoencoders)
+    num_heads: int = checked(1, POSITIVE)  # of that attention (dividing the widest level)
+    norm_groups: int = checked(8, POSITIVE)  # dividing base_channels and max_channels
+    recon_loss: str = checked("l1", one_of("l1", "l2"))  # reconstruction term, per pixel value
+    # weight of KL(q(z|x) || N(0, I)), per pixel value like the reconstruction; None = the kind's default
+    # (autoencoder: 1e-6, Stable Diffusion's KL-f autoencoders; vae: see difflab.tasks.autoencoder)
+    kl_weight: float | None = checked(None, NON_NEGATIVE, example=1e-6)
+    # weight of the squared distance of x and x_hat in the FID feature space (difflab.evaluate.features)
+    perceptual_weight: float = checked(0.0, NON_NEGATIVE)
+    scale_images: int = checked(1000, at_least(2))  # training images behind the latent scale (1 / std of z)
+
+
+@dataclass(frozen=True)
+class SuperResConfig:
+    """A super-resolution stage (``task: super-resolution``, and a cascade's main run; see
+    :mod:`difflab.tasks.super_resolution`): the network sees the low-resolution image, upsampled to
+    ``data.resolution``, as extra input channels."""
+
+    low_resolution: int = checked(16, POSITIVE)  # side of the low-resolution input; must divide data.resolution
+    upsample: str = checked("bicubic", one_of("bicubic", "bilinear"))  # how it is brought to data.resolution
+    # noise-conditioning augmentation (Ho et al. 2021, Sec. 4.2; Imagen): the low-resolution input noised by the
+    # forward process to a level s ~ U[0, aug_max] in training, s an input of the network; false = always clean
+    noise_aug: bool = True
+    aug_max: float = checked(0.5, UNIT_INTERVAL)  # largest training level, as a fraction of the schedule (1 = T)
+    aug_level: float = checked(0.1, UNIT_INTERVAL)  # the level at sampling (flag --aug-level); 0 = clean input
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    """A cascade (``task: cascade``, Imagen's framing; :mod:`difflab.tasks.cascade`): a base text-to-image run at
+    ``super_res.low_resolution``, then this run's super-resolution model up to ``data.resolution``."""
+
+    # the base run: a bare name = a stage this config trains first into RUN/<name>; a path = a trained run
+    base_run: str = "base"
+    # the base stage's config is this one with task text-to-image, data.resolution = super_res.low_resolution,
+    # then these overrides (the syntax of --set, e.g. "model.base_channels=32")
+    base_overrides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -203,7 +259,8 @@ class DistillConfig:
 class Config:
     """A whole run."""
 
-    # the kind of run (difflab.tasks.TASKS): image | text-to-image | toy2d | clip; None (or "diffusion",
+    # the kind of run (difflab.tasks.TASKS): image | text-to-image | toy2d | clip | autoencoder | vae |
+    # super-resolution | cascade; None (or "diffusion",
     # as configs written before kinds had names say) = from data.name and model.text_encoder
     task: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -212,7 +269,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    super_res: SuperResConfig = field(default_factory=SuperResConfig)
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)
 
 
 # -- dict <-> dataclass with checking -------------------------------------------------------
@@ -382,6 +442,22 @@ def check_config(cfg: Config) -> None:
     _check_heads("model.text", cfg.model.text_width, cfg.model.text_heads)
     _check_heads("clip.text", cfg.clip.text_width, cfg.clip.text_heads)
     _check_betas(cfg.diffusion)
+    _check_autoencoder(cfg.autoencoder)
+
+
+def _check_autoencoder(a: AutoencoderConfig) -> None:
+    """The autoencoder's widths (min(base_channels * 2**i, max_channels)) split into ``norm_groups`` groups, and
+    its widest level into ``num_heads`` heads."""
+    if a.base_channels % a.norm_groups or a.max_channels % a.norm_groups:
+        groups = _largest_divisor(math.gcd(a.base_channels, a.max_channels), a.norm_groups)
+        raise UserError(f"config key autoencoder.norm_groups={a.norm_groups} does not divide autoencoder.base_channels="
+                        f"{a.base_channels} and autoencoder.max_channels={a.max_channels}: fix it with "
+                        f"--set autoencoder.norm_groups={groups}")
+    levels = a.downsample.bit_length() - 1  # log2(f) halvings
+    widest = min(a.base_channels * 2 ** levels, a.max_channels)
+    if widest % a.num_heads:
+        raise UserError(f"config key autoencoder.num_heads={a.num_heads} does not divide the widest level's "
+                        f"{widest} channels: fix it with --set autoencoder.num_heads={_largest_divisor(widest, a.num_heads)}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -52,7 +52,8 @@ class ResBlock(nn.Module):
     Args:
         in_channels: C of the input.
         out_channels: C of the output; a 1x1 conv skip when it differs from ``in_channels``.
-        embed_dim: D of the time (+ condition) embedding.
+        embed_dim: D of the time (+ condition) embedding; 0 = no embedding (a plain residual block, as in
+            an autoencoder: no FiLM, ``forward(x)``).
         dropout: dropout probability before the last conv.
         norm_groups: groups of both GroupNorms.
     """
@@ -62,17 +63,19 @@ class ResBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.GroupNorm(norm_groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, KERNEL, padding=PAD)
-        self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(embed_dim, 2 * out_channels))  # -> (scale, shift)
+        self.emb_proj = (nn.Sequential(nn.SiLU(), nn.Linear(embed_dim, 2 * out_channels))  # -> (scale, shift)
+                         if embed_dim else None)
         self.norm2 = nn.GroupNorm(norm_groups, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, KERNEL, padding=PAD))
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        """x (B, C_in, H, W), emb (B, D) -> (B, C_out, H, W)."""
-        h = self.conv1(F.silu(self.norm1(x)))  # (B, C, H, W)
-        scale, shift = self.emb_proj(emb)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
-        h = self.norm2(h) * (1 + scale) + shift  # (B, C, H, W)
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        """x (B, C_in, H, W), emb (B, D) (None for a block built with embed_dim 0) -> (B, C_out, H, W)."""
+        h = self.norm2(self.conv1(F.silu(self.norm1(x))))  # (B, C, H, W)
+        if self.emb_proj is not None:
+            scale, shift = self.emb_proj(emb)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
+            h = h * (1 + scale) + shift  # (B, C, H, W)
         h = self.conv2(self.dropout(F.silu(h)))  # (B, C, H, W)
         return self.skip(x) + h
 
