@@ -240,6 +240,35 @@ class CascadeConfig:
 
 
 @dataclass(frozen=True)
+class PriorConfig:
+    """DALL-E 2's framing (Ramesh et al. 2022; ``task: unclip``, :mod:`difflab.tasks.unclip`): a CLIP, a diffusion
+    prior from its text embedding to its image embedding (``task: prior``, :mod:`difflab.tasks.prior`), and the
+    decoder, an image model reading the image embedding. A run named here is a stage this config trains first
+    into RUN/<name> when None or the stage's name (``clip``, ``prior``), else a trained run's folder."""
+
+    clip_run: str | None = None  # the CLIP; None = the stage RUN/clip (clip.* sizes it, the budget below)
+    prior_run: str | None = None  # the prior; None = the stage RUN/prior (prior.width ... prior.lr)
+    clip_resolution: int | None = checked(None, POSITIVE, example=32)  # CLIP stage's image side; None = data.resolution
+    clip_steps: int = checked(300, at_least(1))  # CLIP stage's budget
+    clip_minutes: float | None = checked(3.0, POSITIVE)
+    width: int = checked(256, POSITIVE)  # the prior's residual MLP: hidden width
+    blocks: int = checked(4, POSITIVE)  # ... and its residual blocks
+    prediction: str = "x0"  # what the prior predicts: eps | x0 | v (DALL-E 2: x0)
+    schedule: str = "cosine"  # the prior's noise schedule (DALL-E 2: cosine)
+    cond_drop_prob: float = checked(0.1, UNIT_INTERVAL)  # text embedding dropped to the learned null (guidance)
+    train_steps: int = checked(3000, at_least(1))  # prior stage's budget, batch and learning rate
+    train_minutes: float | None = checked(3.0, POSITIVE)
+    batch_size: int = checked(256, at_least(1))
+    lr: float = checked(1e-3, POSITIVE)
+    sampler: str = "ddim"  # how `difflab sample` of an unclip run samples the prior
+    steps: int = checked(32, at_least(1))
+    guidance: float = checked(1.0, NON_NEGATIVE)  # classifier-free guidance of the prior
+    decoder_tokens: int = checked(4, POSITIVE)  # decoder: context tokens projected from the image embedding (DALL-E 2: 4)
+    decoder_text: bool = False  # decoder: also read the caption (token states of the CLIP text tower)
+    text_drop_prob: float = checked(0.5, UNIT_INTERVAL)  # decoder_text: caption dropped alone (DALL-E 2: 50%)
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     """Where a student of ``difflab distill`` comes from (:mod:`difflab.distill`); unset on trained runs.
     The defaults of ``teacher_solver`` and ``teacher_substeps`` are Algorithm 2's (a 2N-step DDIM teacher),
@@ -271,6 +300,7 @@ class Config:
     clip: ClipConfig = field(default_factory=ClipConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
     super_res: SuperResConfig = field(default_factory=SuperResConfig)
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
 

@@ -14,6 +14,7 @@ Configs and run folders written before ``task`` named the kind say ``task: diffu
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -32,6 +33,8 @@ TASKS: dict[str, str] = {  # name -> module defining TASK and RUN
     "text-to-image": "difflab.tasks.text_to_image",
     "toy2d": "difflab.tasks.toy2d",
     "clip": "difflab.tasks.clip",
+    "prior": "difflab.tasks.prior",
+    "unclip": "difflab.tasks.unclip",
 }
 LEGACY_TASK = "diffusion"  # what every Gaussian run's config said before kinds had names
 WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
@@ -97,10 +100,11 @@ def stages(cfg: Config) -> tuple[list[Stage], Config]:
 
 
 def stage_folder(run: str | Path, ref: str | Path) -> Path:
-    """A stage (or other run) a config names: a path relative to the run folder ``run`` (a stage, ``RUN/<name>``),
+    """A stage (or other run) a config names: a path relative to the run folder ``run`` (a stage, ``RUN/<name>``;
+    ``..`` steps out of ``run`` even before it exists, e.g. ``../clip`` of a stage names a stage beside it),
     else as given (absolute, or relative to the working directory)."""
     ref = Path(ref)
-    inside = Path(run) / ref
+    inside = Path(os.path.normpath(Path(run) / ref))
     return inside if not ref.is_absolute() and inside.is_dir() else ref
 
 
