@@ -347,8 +347,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
                      batch_size=args.batch_size, progress=not args.no_progress, grid=args.grid, eta=args.eta,
                      variance=args.variance, guidance=args.guidance, clip_run=args.clip)
     real = f" ({m['real_n']} real images; FID vs {m['fid_real_n']})" if "real_n" in m else ""
-    print(f"{m['n']} samples ({m['sampler']}, {m['steps']} steps, seed {m['seed']}, checkpoint step "
-          f"{m['checkpoint_step']}) vs {m['data']}{real}")
+    made = ([str(m["sampler"])] if "sampler" in m else []) + ([f"{m['steps']} steps"] if "steps" in m else [])
+    made += [f"seed {m['seed']}", f"checkpoint step {m['checkpoint_step']}"]  # what made the outputs
+    print(f"{m['n']} {m.get('outputs', 'samples')} ({', '.join(made)}) vs {m['data']}{real}")
     print(format_table(m))
     print(f"wrote {Path(args.run) / EVAL_FILE}")
 

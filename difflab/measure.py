@@ -1,7 +1,8 @@
-"""``difflab eval`` of a run folder, through the :class:`~difflab.tasks.base.Run` contract alone: sample
-``n`` outputs of its newest (EMA) checkpoint, measure them with the run's own metrics (images: FID, KID,
-precision, recall, density, coverage; text-to-image: + CLIP score and attribute accuracy), and merge the
-result into RUN/metrics.json (:func:`difflab.evaluate.run_eval.update_eval_file`).
+"""``difflab eval`` of a run folder, through the :class:`~difflab.tasks.base.Run` contract alone: its kind's
+``Run.evaluate`` measures ``n`` outputs of its newest (EMA) checkpoint (by default ``n`` samples measured with
+the run's own metrics: images FID, KID, precision, recall, density, coverage; text-to-image + CLIP score and
+attribute accuracy; an autoencoder's reconstructions PSNR, SSIM, rFID), and the result is merged into
+RUN/metrics.json (:func:`difflab.evaluate.run_eval.update_eval_file`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from difflab.errors import UserError
 from difflab.evaluate.prdc import DEFAULT_K
 from difflab.evaluate.run_eval import MIN_SAMPLES, read_eval_file, update_eval_file
-from difflab.tasks import load_run, sampling_run
+from difflab.tasks import evaluation_run, load_run
 
 NLL_IMAGES = 500  # test images for the bound: its standard error is reported beside it
 NLL_STRATA = 50  # stratified estimate of the sum over t (difflab.evaluate.likelihood.image_nll)
@@ -26,7 +27,8 @@ def evaluate_run(run: str | Path, *, data: str | None = None, data_path: str | N
                  weights: str | Path | None = None, device: torch.device | str = "cpu",
                  batch_size: int | None = None, write: bool = True, progress: bool = True,
                  clip_run: str | Path | None = None, **options: Any) -> dict[str, Any]:
-    """Sample ``n`` outputs from a run's newest checkpoint (EMA) and measure them.
+    """Measure a run's newest checkpoint (EMA) on ``n`` outputs, by its kind's ``Run.evaluate``: ``n`` samples
+    measured by its metrics, or (an autoencoder) ``n`` reconstructions of test images.
 
     Args:
         run: a run folder written by ``difflab train``.
@@ -44,26 +46,23 @@ def evaluate_run(run: str | Path, *, data: str | None = None, data_path: str | N
         options: further sampler options (eta, variance, grid, guidance); None values are ignored.
 
     Returns:
-        {"checkpoint_step", "data", "n", "seed", "sampler", "steps", the run's metrics, "seconds"}, plus
-        "sampler_options" when options were given.
+        {"checkpoint_step", "data", "n", "seed", "outputs" (what was measured: "samples", "reconstructions"),
+        what made them ("sampler", "steps"), the run's metrics, "seconds"}, plus "sampler_options" when
+        options were given.
     """
     if n < MIN_SAMPLES:
         raise UserError(f"evaluation needs at least {MIN_SAMPLES} samples (k-NN balls with k={DEFAULT_K}), "
                         f"got {n}: pass --n {MIN_SAMPLES} or more")
-    loaded = sampling_run(run, device, verb="eval")
+    loaded = evaluation_run(run, device)
     if write:
         read_eval_file(run)  # a metrics.json that could not be updated fails before the work
-    loaded.check_metrics(data=data, data_path=data_path, features=weights)  # ... and so does bad data
     options = {k: v for k, v in options.items() if v is not None}
     start = time.perf_counter()
-    samples = loaded.sample(n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, progress=progress,
-                            **options)
-    metrics = loaded.metrics(samples, data=data, data_path=data_path, features=weights, clip_run=clip_run,
-                             progress=progress)
-    s = loaded.config.sample
+    metrics = loaded.evaluate(n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size, data=data,
+                              data_path=data_path, features=weights, clip_run=clip_run, progress=progress,
+                              **options)  # bad data fails before its sampling (Run.evaluate)
     result = {"checkpoint_step": loaded.checkpoint_step, "data": metrics.pop("data"), "n": n, "seed": seed,
-              "sampler": sampler or s.sampler, "steps": steps or s.steps, **metrics,
-              "seconds": time.perf_counter() - start}
+              **metrics, "seconds": time.perf_counter() - start}
     if options:
         result["sampler_options"] = options
     if write:

@@ -239,6 +239,11 @@ _METRIC_ROWS = (("FID", "fid", None, "fid_real_n"), ("KID (± std over subsets)"
                 ("density", "density", None, "real_n"), ("coverage", "coverage", None, "real_n"))
 
 
+# (label, key, key of its +/-, whether it counts images) of an autoencoder's (or a VAE's) reconstructions
+_RECONSTRUCTION_ROWS = (("PSNR (dB)", "psnr", "psnr_std", True), ("SSIM", "ssim", "ssim_std", True),
+                        ("rFID", "rfid", None, True), ("latent scale (1 / std of z)", "latent_scale", None, False))
+
+
 def _metric_rows(ev: dict[str, Any]) -> list[list[str]]:
     """Table rows (metric, value, +/-, samples) of an evaluation."""
     def counts(real_key: str) -> str:
@@ -246,6 +251,9 @@ def _metric_rows(ev: dict[str, Any]) -> list[list[str]]:
 
     rows = [[name, _fmt(ev[key]), _fmt(ev.get(err)) if err else "", counts(real)]
             for name, key, err, real in _METRIC_ROWS if key in ev]
+    recon_count = f"{_fmt(ev.get('recon_n', ev.get('n')))} test images, reconstructed"
+    rows += [[name, _fmt(ev[key]), _fmt(ev.get(err)) if err else "", recon_count if count else ""]
+             for name, key, err, count in _RECONSTRUCTION_ROWS if ev.get(key) is not None]
     nll = ev.get("nll")
     if isinstance(nll, dict):
         nll_count = f"{_fmt(nll.get('n'))} images"
@@ -260,9 +268,11 @@ def metrics_section(ctx: ReportContext) -> tuple[str, str]:
     ev = ctx.evaluation
     if ev is None:
         return "Metrics", _missing(ctx.evaluation_problem or ctx.eval_hint())
-    how = (f"checkpoint step {_fmt(ev.get('checkpoint_step'))}; {_fmt(ev.get('n'))} samples from "
-           f"{_fmt(ev.get('sampler'))} with {_fmt(ev.get('steps'))} steps, seed {_fmt(ev.get('seed'))}, "
-           f"against {_fmt(ev.get('real_n'))} images of {_fmt(ev.get('data'))}")
+    made = f" from {_fmt(ev['sampler'])}" if "sampler" in ev else ""
+    made += f" with {_fmt(ev['steps'])} steps" if "steps" in ev else ""
+    against = f"against {_fmt(ev['real_n'])} images of " if "real_n" in ev else "of "
+    how = (f"checkpoint step {_fmt(ev.get('checkpoint_step'))}; {_fmt(ev.get('n'))} {_fmt(ev.get('outputs', 'samples'))}"
+           f"{made}, seed {_fmt(ev.get('seed'))}, {against}{_fmt(ev.get('data'))}")
     body = f'<p class="note">{how}</p>' + _table(["metric", "value", "±", "samples"], _metric_rows(ev), numeric=(1, 2))
     notes = ev.get("notes") if isinstance(ev.get("notes"), dict) else {}
     body += "".join(f'<p class="note">{html.escape(str(k).upper())}: {html.escape(str(v))}</p>'

@@ -51,7 +51,9 @@ _TABLE = (("FID", "fid", ".3f"), ("KID", "kid", ".5f"), ("precision", "precision
           ("CLIP mism.", "clip_score_mismatched", ".2f"), ("retrieval", "clip_retrieval", ".4f"),
           ("attrs all", "attr_all", ".4f"), ("size", "attr_size", ".4f"), ("color", "attr_color", ".4f"),
           ("shape", "attr_shape", ".4f"), ("position", "attr_position", ".4f"),
-          ("data NLL", "data_nll", ".4f"), ("entropy H", "entropy", ".4f"))
+          ("data NLL", "data_nll", ".4f"), ("entropy H", "entropy", ".4f"),
+          ("PSNR (dB)", "psnr", ".2f"), ("SSIM", "ssim", ".4f"), ("rFID", "rfid", ".3f"),
+          ("z scale", "latent_scale", ".5f"))  # reconstructions (difflab.evaluate.reconstruction)
 _NOTE_OF = {"precision": "prdc"}  # the note of a row, where its key is not the row's: PRDC's prints once
 
 

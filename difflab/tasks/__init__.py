@@ -35,6 +35,8 @@ TASKS: dict[str, str] = {  # name -> module defining TASK and RUN
     "clip": "difflab.tasks.clip",
     "prior": "difflab.tasks.prior",
     "unclip": "difflab.tasks.unclip",
+    "autoencoder": "difflab.tasks.autoencoder",
+    "vae": "difflab.tasks.vae",
 }
 LEGACY_TASK = "diffusion"  # what every Gaussian run's config said before kinds had names
 WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
@@ -156,6 +158,17 @@ def sampling_run(folder: str | Path, device: torch.device | str = "cpu", *, verb
         raise UserError(f"{folder} is {a_run(cfg.task)}, which cannot sample, so `difflab {verb}` cannot use it: "
                         f"pass a run of a generative kind ({samplers})")
     return load_run(folder, device, **options)
+
+
+def evaluation_run(folder: str | Path, device: torch.device | str = "cpu") -> Run:
+    """:func:`load_run` of a kind that ``difflab eval`` measures (its ``Run.evaluates()``), else one line naming the
+    kind (checked on the kind, before its checkpoint is read)."""
+    cfg, cls = run_class(folder)
+    if not cls.evaluates():
+        kinds = ", ".join(name for name in TASKS if _module(name).RUN.evaluates())
+        raise UserError(f"{folder} is {a_run(cfg.task)}, which `difflab eval` does not measure: pass a run of a "
+                        f"kind it measures ({kinds})")
+    return load_run(folder, device)
 
 
 def gaussian_run(folder: str | Path, device: torch.device | str = "cpu", *, verb: str = "distill") -> GaussianRun:

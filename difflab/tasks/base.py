@@ -181,6 +181,19 @@ class Run(Protocol):
         """Fail on a bad reference (or train and cache what :meth:`metrics` needs) before any sampling."""
         ...
 
+    @classmethod
+    def evaluates(cls) -> bool:
+        """Whether ``difflab eval`` measures this kind (checked before any checkpoint is read)."""
+        ...
+
+    def evaluate(self, n: int, *, seed: int = 0, sampler: str | None = None, steps: int | None = None,
+                 batch_size: int | None = None, data: str | None = None, data_path: str | None = None,
+                 features: str | Path | None = None, clip_run: str | Path | None = None, progress: bool = True,
+                 **options: Any) -> dict[str, Any]:
+        """The measures of ``difflab eval`` on ``n`` outputs: "data" (the reference), "outputs" (what was
+        measured, e.g. "samples"), what made them ("sampler", "steps") and the figures."""
+        ...
+
     def nll(self, n: int, *, variance: str | None = None, strata: int | None = None, seed: int = 0,
             progress: bool = True) -> dict[str, Any]:
         """The variational bound on ``n`` held-out examples (images: bits/dim)."""
@@ -267,6 +280,30 @@ class RunBase:
 
     def metrics(self, samples: Samples, **_: Any) -> dict[str, Any]:
         raise self._cannot("sample metrics")
+
+    @classmethod
+    def evaluates(cls) -> bool:
+        """The kinds that sample; a kind measured otherwise (an autoencoder's reconstructions) says True."""
+        return cls.can_sample
+
+    def evaluate(self, n: int, *, seed: int = 0, sampler: str | None = None, steps: int | None = None,
+                 batch_size: int | None = None, data: str | None = None, data_path: str | None = None,
+                 features: str | Path | None = None, clip_run: str | Path | None = None, progress: bool = True,
+                 **options: Any) -> dict[str, Any]:
+        """``n`` samples (:meth:`sample`, ``options`` its sampler options) measured by :meth:`metrics`; the
+        reference is checked first (:meth:`check_metrics`), so a bad one costs no sampling."""
+        self.check_metrics(data=data, data_path=data_path, features=features)
+        samples = self.sample(n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, progress=progress,
+                              **options)
+        metrics = self.metrics(samples, data=data, data_path=data_path, features=features, clip_run=clip_run,
+                               progress=progress)
+        return {"data": metrics.pop("data"), "outputs": "samples", **self.made_with(sampler, steps), **metrics}
+
+    def made_with(self, sampler: str | None, steps: int | None) -> dict[str, Any]:
+        """How :meth:`sample` made its outputs, for the record of :meth:`evaluate`: the sampler and its steps
+        (None = ``config.sample``'s)."""
+        s = self.config.sample
+        return {"sampler": sampler or s.sampler, "steps": steps or s.steps}
 
     def check_fid(self, **_: Any) -> None:
         raise self._cannot("FID (it measures images)")

@@ -8,7 +8,7 @@ a loss. Sampling drives any sampler through the denoiser contract (:mod:`difflab
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,7 +28,7 @@ from difflab.evaluate.run_eval import evaluate_images
 from difflab.models.unet import UNet, check_resolution
 from difflab.samplers import sample
 from difflab.schedules import Schedule, schedule_from_config
-from difflab.tasks.base import GridRow, SampleRequest, Samples, Section
+from difflab.tasks.base import GridRow, RunBase, SampleRequest, Samples, Section
 from difflab.tasks.gaussian import GaussianRunBase, algorithm1, guided_denoiser
 
 PREVIEW_SAMPLES = 16  # images in the training log's preview grid (train.log_with)
@@ -53,17 +53,20 @@ def image_channels(cfg: Config) -> int:
     return cfg.data.channels
 
 
-def load_images(cfg: Config, split: str = "train") -> ImageDataset:
-    """The dataset of ``cfg.data``; one line when it has no images or a side the UNet of ``cfg.model`` cannot take
-    (checked before loading when ``data.resolution`` is set)."""
+def load_images(cfg: Config, split: str = "train", check: Callable[[int], None] | None = None) -> ImageDataset:
+    """The dataset of ``cfg.data``; one line when it has no images or a side the network cannot take: ``check(side)``
+    (None = the UNet of ``cfg.model``'s), run before loading when ``data.resolution`` is set."""
     d, m = cfg.data, cfg.model
+    if check is None:
+        def check(side: int) -> None:
+            check_resolution(side, m.channel_mult, m.patch_size)
     if d.resolution is not None:
-        check_resolution(d.resolution, m.channel_mult, m.patch_size)
+        check(d.resolution)
     dataset = load_dataset(d.name, path=d.path, resolution=d.resolution, channels=d.channels, split=split,
                            size=d.size, holdout=d.holdout)
     if len(dataset) == 0:
         raise UserError(f"dataset {d.name} has no images: check data.path")
-    check_resolution(dataset.resolution[0], m.channel_mult, m.patch_size)
+    check(dataset.resolution[0])
     return dataset
 
 
@@ -155,19 +158,10 @@ def class_names(cfg: Config) -> list[str]:
     return list(names) if len(names) == K else [str(k) for k in range(K)]
 
 
-class ImageRun(GaussianRunBase):
-    """A trained image run: ``cond`` is the class id of every image ((n,) ints; None = classes in turn,
-    or unconditional)."""
-
-    task = "image"
-
-    @classmethod
-    def build(cls, cfg: Config, folder: Path) -> nn.Module:
-        return build_unet(cfg, image_channels(cfg))
-
-    @property
-    def conditional(self) -> bool:
-        return self.config.model.num_classes > 0
+class ImageOutputs(RunBase):
+    """What every kind whose samples are images shares, however it makes them (diffusion, a VAE's decoder):
+    their shape, their files (:meth:`save`: a PNG grid, a .npz, a folder) and their metrics against the run's
+    dataset (FID, KID, PRDC)."""
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -175,37 +169,8 @@ class ImageRun(GaussianRunBase):
         H = self.config.data.resolution
         return image_channels(self.config), H, H
 
-    def _labels(self, n: int, cond: Any) -> Tensor:
-        """(n,) class ids of the samples, -1 = unconditional."""
-        K = self.config.model.num_classes
-        if cond is None:
-            return torch.arange(n) % K if K else torch.full((n,), -1)
-        labels = torch.as_tensor(cond, dtype=torch.long).reshape(-1)
-        if K == 0:
-            raise UserError("this run is unconditional, so --class cannot be used: drop --class")
-        if labels.min() < 0 or labels.max() >= K:
-            raise UserError(f"class {int(labels.max())} is out of range for this run's {K} classes: pass 0..{K - 1}")
-        if len(labels) != n:
-            raise ValueError(f"{len(labels)} class ids for {n} images")
-        return labels
-
     def _images(self, batches: list[Tensor]) -> np.ndarray:
         return torch.cat([to_uint8(x).permute(0, 2, 3, 1).cpu() for x in batches]).numpy()  # (n, H, W, C)
-
-    def sample(self, n: int, *, cond: Any = None, sampler: str | None = None, steps: int | None = None,
-               seed: int = 0, guidance: float | None = None, batch_size: int | None = None,
-               progress: bool = True, **options: Any) -> Samples:
-        """``n`` images uint8 (n, H, W, C) with their ``labels`` (-1 for unconditional)."""
-        self.sampler_options(sampler, steps, {})  # an unknown sampler fails before the labels are checked
-        labels = self._labels(n, cond)
-        device = self.device
-
-        def cond_of(start: int, stop: int) -> Cond | None:
-            return {"labels": labels[start:stop].to(device)} if self.conditional else None
-
-        batches = self.draw(n, self.image_shape, cond_of, sampler=sampler, steps=steps, seed=seed, guidance=guidance,
-                            batch_size=batch_size, progress=progress, unit="img", **options)
-        return Samples(self._images(batches), {"labels": labels.numpy().astype(np.int64)})
 
     def save(self, samples: Samples, out: Path) -> Path:
         """``.png`` a grid, ``.npz`` arrays, else a folder of PNGs (:func:`difflab.grids.save_images`)."""
@@ -250,6 +215,50 @@ class ImageRun(GaussianRunBase):
         data, data_path = self._reference(data, data_path)
         return compute_fid(samples.data, data=data, data_path=data_path, resolution=self.image_shape[1],
                            weights=features), data
+
+
+class ImageRun(ImageOutputs, GaussianRunBase):
+    """A trained image run: ``cond`` is the class id of every image ((n,) ints; None = classes in turn,
+    or unconditional)."""
+
+    task = "image"
+
+    @classmethod
+    def build(cls, cfg: Config, folder: Path) -> nn.Module:
+        return build_unet(cfg, image_channels(cfg))
+
+    @property
+    def conditional(self) -> bool:
+        return self.config.model.num_classes > 0
+
+    def _labels(self, n: int, cond: Any) -> Tensor:
+        """(n,) class ids of the samples, -1 = unconditional."""
+        K = self.config.model.num_classes
+        if cond is None:
+            return torch.arange(n) % K if K else torch.full((n,), -1)
+        labels = torch.as_tensor(cond, dtype=torch.long).reshape(-1)
+        if K == 0:
+            raise UserError("this run is unconditional, so --class cannot be used: drop --class")
+        if labels.min() < 0 or labels.max() >= K:
+            raise UserError(f"class {int(labels.max())} is out of range for this run's {K} classes: pass 0..{K - 1}")
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} class ids for {n} images")
+        return labels
+
+    def sample(self, n: int, *, cond: Any = None, sampler: str | None = None, steps: int | None = None,
+               seed: int = 0, guidance: float | None = None, batch_size: int | None = None,
+               progress: bool = True, **options: Any) -> Samples:
+        """``n`` images uint8 (n, H, W, C) with their ``labels`` (-1 for unconditional)."""
+        self.sampler_options(sampler, steps, {})  # an unknown sampler fails before the labels are checked
+        labels = self._labels(n, cond)
+        device = self.device
+
+        def cond_of(start: int, stop: int) -> Cond | None:
+            return {"labels": labels[start:stop].to(device)} if self.conditional else None
+
+        batches = self.draw(n, self.image_shape, cond_of, sampler=sampler, steps=steps, seed=seed, guidance=guidance,
+                            batch_size=batch_size, progress=progress, unit="img", **options)
+        return Samples(self._images(batches), {"labels": labels.numpy().astype(np.int64)})
 
     def report_sections(self) -> Sequence[Section]:
         h = report_html
