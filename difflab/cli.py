@@ -1,4 +1,4 @@
-"""Command line: ``difflab train | distill | sample | fid | eval | features | demo | report | clip | data``.
+"""Command line: ``difflab train | distill | sample | upscale | fid | eval | features | demo | report | clip | variations | data``.
 
 Bad input ends with one line ``error: <problem>: <fix>`` on stderr and exit status 2.
 """
@@ -39,6 +39,16 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
+    return value
+
+
+def _percentile(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be a percentile in [0, 100] (0 = off), got {text}")
     return value
 
 
@@ -164,6 +174,9 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eta", type=float, help="ddim: 0 = deterministic, 1 = DDPM-like noise")
     p.add_argument("--variance", help="ddpm: beta_tilde | beta")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--dynamic-threshold", type=_percentile, metavar="P",
+                   help="Imagen's dynamic thresholding of x0_hat at the P-th percentile, e.g. 99.5 (0 = off; "
+                        "default: the run's sample.dynamic_threshold)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--batch-size", type=_positive(int), help="samples per sampler batch")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
@@ -191,9 +204,10 @@ def _check_condition_flags(args: argparse.Namespace, run) -> None:
     from difflab.tasks.base import a_run
 
     owners = getattr(args, "condition_flags", {})
-    own = [flag for flag, add in owners.values() if add is type(run).add_flags]
+    takes = {type(run).add_flags, *(kind.add_flags for kind in type(run).flags_of)}
+    own = [flag for flag, add in owners.values() if add in takes]
     for dest, (flag, add) in owners.items():
-        if add is not type(run).add_flags and getattr(args, dest, None) not in (None, [], False):
+        if add not in takes and getattr(args, dest, None) not in (None, [], False):
             accepts = f"its condition flags are {', '.join(own)}" if own else "it takes no condition flags"
             raise UserError(f"{args.run} is {a_run(run.task)}, so {flag} cannot be used: {accepts}")
 
@@ -248,7 +262,7 @@ def _generate(args: argparse.Namespace, n: int | None, verb: str = "sample", che
     req = run.request(args, n, DEFAULT_SAMPLES)
     samples = run.sample(req.n, cond=req.cond, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                          seed=args.seed, batch_size=args.batch_size, eta=args.eta, variance=args.variance,
-                         grid=args.grid)
+                         grid=args.grid, dynamic_threshold=args.dynamic_threshold, **req.options)
     return run, replace(samples, ncol=req.ncol)
 
 
@@ -260,6 +274,35 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     run, samples = _generate(args, args.n, check=output)  # the output is checked before any sampling
     print(f"wrote {run.save(samples, output(run))}")
+
+
+# -- upscale -----------------------------------------------------------------------------------
+def _add_upscale(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("upscale", help="super-resolve an image with a super-resolution or cascade run",
+                       description="Upscale IMAGE by the run's factor (data.resolution / super_res.low_resolution, "
+                                   "e.g. 4x) with its super-resolution diffusion model. The image is cut into tiles "
+                                   "of super_res.low_resolution pixels (the last row and column padded by repeating "
+                                   "the edge), each tile is upscaled, and the tiles are stitched; tiles are drawn "
+                                   "independently, so seams can show. Writes a PNG (atomically).")
+    p.add_argument("run", help="run folder of a super-resolution or cascade run (`difflab train`)")
+    p.add_argument("image", help="PNG, JPEG or WebP image to upscale")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--prompt", help="caption of the image (text-conditioned runs; default: none, unconditional)")
+    p.add_argument("--aug-level", type=float, metavar="S",
+                   help="noise-conditioning augmentation level of the input in [0, 1] (default: the run's "
+                        "super_res.aug_level)")
+    _add_sampling_flags(p)
+    p.set_defaults(func=cmd_upscale)
+
+
+def cmd_upscale(args: argparse.Namespace) -> None:
+    from difflab.tasks.super_resolution import upscale_file
+
+    out = upscale_file(args.run, args.image, args.out, prompt=args.prompt, device=_device(args.device),
+                       aug_level=args.aug_level, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                       seed=args.seed, batch_size=args.batch_size, eta=args.eta, variance=args.variance,
+                       grid=args.grid, dynamic_threshold=args.dynamic_threshold)
+    print(f"wrote {out}")
 
 
 # -- fid / features ----------------------------------------------------------------------------
@@ -345,7 +388,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     m = evaluate_run(args.run, data=args.data, data_path=args.data_path, n=args.n, seed=args.seed,
                      sampler=args.sampler, steps=args.steps, weights=args.features, device=_device(args.device),
                      batch_size=args.batch_size, progress=not args.no_progress, grid=args.grid, eta=args.eta,
-                     variance=args.variance, guidance=args.guidance, clip_run=args.clip)
+                     variance=args.variance, guidance=args.guidance, dynamic_threshold=args.dynamic_threshold,
+                     clip_run=args.clip)
     real = f" ({m['real_n']} real images; FID vs {m['fid_real_n']})" if "real_n" in m else ""
     made = ([str(m["sampler"])] if "sampler" in m else []) + ([f"{m['steps']} steps"] if "steps" in m else [])
     made += [f"seed {m['seed']}", f"checkpoint step {m['checkpoint_step']}"]  # what made the outputs
@@ -465,6 +509,31 @@ def cmd_clip_eval(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.run) / EVAL_FILE}")
 
 
+# -- variations --------------------------------------------------------------------------------
+def _add_variations(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("variations", help="images like a given one, from an unclip run (DALL-E 2)",
+                       description="DALL-E 2's variations: encode IMAGE (its centred square) with the CLIP image "
+                                   "tower of an unclip run and decode --n images from that one embedding with the "
+                                   "run's decoder. --out ending .png writes a grid, .npz the images, anything else "
+                                   "a folder of PNGs; it is checked before any sampling.")
+    p.add_argument("run", help="run folder of an unclip run (`difflab train configs/shapes64_unclip.yaml`)")
+    p.add_argument("image", help="PNG, JPEG or WebP image")
+    p.add_argument("--n", type=_positive(int), default=8, help="images to decode (default 8)")
+    p.add_argument("--out", help="output path (default RUN/samples/variations-<image name>.png)")
+    _add_sampling_flags(p)
+    p.set_defaults(func=cmd_variations)
+
+
+def cmd_variations(args: argparse.Namespace) -> None:
+    from difflab.tasks.unclip import write_variations
+
+    out = write_variations(args.run, args.image, n=args.n, out=args.out, device=_device(args.device),
+                           sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                           batch_size=args.batch_size, eta=args.eta, variance=args.variance, grid=args.grid,
+                           dynamic_threshold=args.dynamic_threshold)
+    print(f"wrote {out}")
+
+
 # -- data --------------------------------------------------------------------------------------
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="write a generated dataset to disk")
@@ -492,8 +561,8 @@ def cmd_data_shapes(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="difflab", description="Train, sample and evaluate diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_train, _add_distill, _add_sample, _add_fid, _add_eval, _add_features, _add_demo, _add_report,
-                _add_clip, _add_data):
+    for add in (_add_train, _add_distill, _add_sample, _add_upscale, _add_fid, _add_eval, _add_features, _add_demo,
+                _add_report, _add_clip, _add_variations, _add_data):
         add(sub)
     return parser
 

@@ -300,9 +300,9 @@ class Config:
     clip: ClipConfig = field(default_factory=ClipConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    prior: PriorConfig = field(default_factory=PriorConfig)
     super_res: SuperResConfig = field(default_factory=SuperResConfig)
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
 
 
 # -- dict <-> dataclass with checking -------------------------------------------------------

@@ -124,3 +124,47 @@ def classifier_free_guidance(denoiser: Denoiser, guidance: float) -> Denoiser:
         return x0_uncond + guidance * (x0_cond - x0_uncond)
 
     return guided
+
+
+# -- dynamic thresholding (Imagen) ------------------------------------------------------------
+QUANTILE_MAX_ELEMENTS = 2 ** 24  # the largest input torch.quantile accepts
+
+
+def dynamic_threshold(x0_hat: Tensor, percentile: float) -> Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, Sec. 2.3 and Appendix E).
+
+    s = the ``percentile``-th percentile of |x0_hat| over each sample, s <- max(s, 1), then
+    x0_hat <- clip(x0_hat, -s, s) / s: saturated pixels are pushed inwards instead of clipped, so large
+    guidance weights do not saturate the image. The result lies in [-1, 1]; a sample already inside
+    [-1, 1] is left as it is (s = 1).
+
+    Args:
+        x0_hat: (B, ...) denoised estimates, any rank.
+        percentile: p in (0, 100] (numpy's convention, linear interpolation); Imagen uses 99.5.
+
+    Returns:
+        (B, ...) like ``x0_hat``.
+    """
+    if not 0 < percentile <= 100:
+        raise UserError(f"dynamic thresholding percentile must be in (0, 100], got {percentile}: e.g. 99.5")
+    flat = x0_hat.detach().abs().flatten(1).float()  # (B, N)
+    rows = max(1, QUANTILE_MAX_ELEMENTS // max(1, flat.shape[1]))  # torch.quantile takes at most 2^24 values
+    s = torch.cat([torch.quantile(chunk, percentile / 100, dim=1) for chunk in flat.split(rows)])  # (B,)
+    s = append_dims(s.clamp(min=1), x0_hat)  # (B, 1, ...)
+    return torch.maximum(torch.minimum(x0_hat, s), -s) / s
+
+
+
+def thresholded(denoiser: Denoiser, percentile: float | None) -> Denoiser:
+    """``denoiser`` whose x0_hat goes through :func:`dynamic_threshold` (None = ``denoiser`` as it is).
+
+    Wrap it around the guided denoiser (:func:`classifier_free_guidance`): Imagen thresholds the guided
+    estimate, which is what large guidance weights push out of range.
+    """
+    if percentile is None:
+        return denoiser
+
+    def denoise(x_t: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
+        return dynamic_threshold(denoiser(x_t, t, cond), percentile)
+
+    return denoise

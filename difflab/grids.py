@@ -73,10 +73,12 @@ def check_images(images: np.ndarray, what: str, fix: str) -> np.ndarray:
     return images
 
 
-def _save_png(path: Path, image: np.ndarray) -> None:
+def save_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write one uint8 image (H, W, C), C in 1, 3, 4, as a PNG file, atomically; returns ``path``."""
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[image.shape[-1]]
     with atomic_path(path) as tmp:
         Image.fromarray(image[..., 0] if mode == "L" else image, mode).save(tmp, format="PNG")
+    return Path(path)
 
 
 def save_images(path: str | Path, images: np.ndarray, labels: np.ndarray | None = None,
@@ -94,16 +96,16 @@ def save_images(path: str | Path, images: np.ndarray, labels: np.ndarray | None 
                 np.savez(f, images=images, labels=labels if labels is not None else np.full(len(images), -1),
                          **extra)
     elif path.suffix == ".png" and prompts is not None and ncol:
-        _save_png(path, captioned_grid(images, list(prompts)[::ncol], ncol))
+        save_png(path, captioned_grid(images, list(prompts)[::ncol], ncol))
     elif path.suffix == ".png":
-        _save_png(path, image_grid(images, ncol))
+        save_png(path, image_grid(images, ncol))
     elif path.suffix:
         raise UserError(f"cannot write samples to {path}: use a .npz or .png file, or a folder name")
     else:  # the folder appears complete, or not at all (it replaces an earlier folder of samples)
         with atomic_path(path) as tmp:
             tmp.mkdir()
             for i, img in enumerate(images):
-                _save_png(tmp / f"{i:06d}.png", img)
+                save_png(tmp / f"{i:06d}.png", img)
             if prompts is not None:
                 atomic_write_bytes(tmp / "metadata.jsonl", "".join(
                     json.dumps({"file_name": f"{i:06d}.png", "text": p}) + "\n" for i, p in enumerate(prompts)).encode())

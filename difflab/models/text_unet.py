@@ -30,7 +30,10 @@ class TextConditionedUNet(nn.Module):
             raise ValueError(f"UNet context_dim {unet.context_dim} != text encoder dim {text_encoder.dim}")
         self.unet, self.text_encoder = unet, text_encoder
 
-    def forward(self, x: Tensor, t: Tensor, *, drop: Tensor | None = None, **text: Tensor) -> Tensor:
-        """x (B, C, H, W), t (B,), drop (B,) bool, text: the tensors of ``tokenize`` -> (B, C, H, W)."""
+    def forward(self, x: Tensor, t: Tensor, *, drop: Tensor | None = None, added_emb: Tensor | None = None,
+                **text: Tensor) -> Tensor:
+        """x (B, C, H, W), t (B,), drop (B,) bool, text: the tensors of ``tokenize``, added_emb (B, D) as the
+        UNet's -> (B, C, H, W)."""
         context, context_mask, pooled = self.text_encoder(**text)  # (B, L, D), (B, L), (B, P)
-        return self.unet(x, t, context=context, context_mask=context_mask, pooled=pooled, drop=drop)
+        return self.unet(x, t, context=context, context_mask=context_mask, pooled=pooled, drop=drop,
+                         added_emb=added_emb)

@@ -19,7 +19,9 @@ Conditioning:
   padding mask (True = valid); a learned null token stands for "no context";
 * pooled: (B, pooled_dim) one vector for the whole caption (a text encoder's pooled output),
   projected and added to ``emb`` like the class (Imagen, Saharia et al. 2022, Sec. 2.2); a learned
-  null vector stands for "no caption".
+  null vector stands for "no caption";
+* added: (B, D) an embedding made outside, added to ``emb`` as it is and never dropped (a
+  super-resolution stage's noise-augmentation level, Saharia et al. 2022, Sec. 2.5).
 
 ``drop`` (B,) bool swaps a sample's condition for the learned null condition: condition
 dropout in training and the unconditional branch of classifier-free guidance (Ho & Salimans
@@ -185,7 +187,7 @@ class UNet(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels or in_channels
         self.patch_size, self.coord_channels = patch_size, coord_channels
         self.levels, self.num_classes, self.context_dim = len(widths), num_classes, context_dim
-        embed_dim = TIME_EMBED_MULT * base_channels
+        embed_dim = self.embed_dim = TIME_EMBED_MULT * base_channels
         res = partial(ResBlock, embed_dim=embed_dim, dropout=dropout, norm_groups=norm_groups)
         attn = partial(self._attention, num_heads=num_heads, norm_groups=norm_groups)
         build = _Builder(res, attn, num_res_blocks, set(attention_levels))
@@ -276,7 +278,7 @@ class UNet(nn.Module):
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: Tensor, t: Tensor, *, labels: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, pooled: Tensor | None = None,
-                drop: Tensor | None = None) -> Tensor:
+                drop: Tensor | None = None, added_emb: Tensor | None = None) -> Tensor:
         """Predict from a noisy image.
 
         Args:
@@ -288,6 +290,8 @@ class UNet(nn.Module):
             pooled: (B, pooled_dim) pooled condition; None on a model with one = null for all.
             drop: (B,) bool, True = use the learned null condition for that sample
                 (ignored by a model with no condition).
+            added_emb: (B, embed_dim) a further embedding added to the time embedding, never dropped
+                (a super-resolution stage's noise-augmentation level, :mod:`difflab.models.super_resolution`).
 
         Returns:
             (B, out_channels, H, W) raw prediction.
@@ -301,6 +305,8 @@ class UNet(nn.Module):
         pooled_emb = self._pooled_embedding(pooled, drop)
         if pooled_emb is not None:
             emb = emb + pooled_emb.to(emb.dtype)  # (B, D)
+        if added_emb is not None:
+            emb = emb + added_emb.to(emb.dtype)  # (B, D)
         context, context_mask = self._context(context, context_mask, drop)  # (B, L, D_ctx), (B, L)
         h = F.pixel_unshuffle(x, self.patch_size)  # (B, C p^2, H/p, W/p)
         h = self.conv_in(coordinate_channels(h) if self.coord_channels else h)  # (B, C_0, H/p, W/p)

@@ -35,6 +35,8 @@ TASKS: dict[str, str] = {  # name -> module defining TASK and RUN
     "clip": "difflab.tasks.clip",
     "prior": "difflab.tasks.prior",
     "unclip": "difflab.tasks.unclip",
+    "super-resolution": "difflab.tasks.super_resolution",
+    "cascade": "difflab.tasks.cascade",
     "autoencoder": "difflab.tasks.autoencoder",
     "vae": "difflab.tasks.vae",
 }
@@ -191,5 +193,5 @@ def gaussian_task(cfg: Config) -> GaussianTask:
     return task
 
 
-__all__ = ["LEGACY_TASK", "TASKS", "Stage", "build_task", "gaussian_run", "gaussian_task", "load_run", "resolve",
-           "run_class", "run_classes", "sampling_run", "stage_folder", "stages", "task_name"]
+__all__ = ["LEGACY_TASK", "TASKS", "Stage", "build_task", "evaluation_run", "gaussian_run", "gaussian_task", "load_run",
+           "resolve", "run_class", "run_classes", "sampling_run", "stage_folder", "stages", "task_name"]

@@ -113,11 +113,14 @@ def rows_condition(rows: Sequence[GridRow], per_row: int) -> list[Any] | None:
 
 @dataclass(frozen=True)
 class SampleRequest:
-    """What the sampling flags of a command ask for: ``n`` samples for ``cond`` (None = the run's default)."""
+    """What the sampling flags of a command ask for: ``n`` samples for ``cond`` (None = the run's default), and
+    the kind's own sampling options its flags set (keyword arguments of :meth:`Run.sample`, e.g. a cascade's
+    ``aug_level``)."""
 
     n: int
     cond: Any = None
     ncol: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 Section = Callable[[Any], tuple[str, str]]  # a report section: ReportContext -> (title, html body)
@@ -128,6 +131,7 @@ class Run(Protocol):
 
     task: ClassVar[str]  # the registry name of its kind
     can_sample: ClassVar[bool]  # False for runs that only measure or encode (CLIP)
+    flags_of: ClassVar[tuple[type, ...]]  # other kinds whose condition flags (add_flags) it takes too
     folder: Path
     config: Config
     checkpoint: Path  # the checkpoint folder whose weights are loaded
@@ -321,6 +325,9 @@ class RunBase:
     def add_flags(parser: argparse.ArgumentParser) -> None:
         return None
 
+    # kinds whose condition flags this kind takes too, besides its own add_flags' (a cascade takes --prompt)
+    flags_of: ClassVar[tuple[type, ...]] = ()
+
     def request(self, args: argparse.Namespace, n: int | None, default_n: int) -> SampleRequest:
         return SampleRequest(n or default_n)
 
@@ -334,8 +341,9 @@ class GaussianRun(Protocol):
     schedule: Schedule
     conditional: bool  # whether the denoiser reads a condition (classes, prompts): guidance applies
 
-    def denoiser(self, guidance: float | None = None) -> Denoiser:
-        """The network in the denoiser contract, with classifier-free guidance (None = ``sample.guidance``)."""
+    def denoiser(self, guidance: float | None = None, dynamic_threshold: float | None = None) -> Denoiser:
+        """The network in the denoiser contract, with classifier-free guidance (None = ``sample.guidance``) and
+        dynamic thresholding at that percentile (None = ``sample.dynamic_threshold``, 0 = off)."""
         ...
 
 

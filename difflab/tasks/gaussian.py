@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from difflab import io
 from difflab.config import Config
-from difflab.denoisers import Cond, Denoiser, NetworkDenoiser, classifier_free_guidance
+from difflab.denoisers import Cond, Denoiser, NetworkDenoiser, classifier_free_guidance, thresholded
 from difflab.errors import UserError
 from difflab.losses import diffusion_loss
 from difflab.samplers import get_sampler, sample
@@ -35,12 +35,16 @@ def algorithm1(model: nn.Module, x0: Tensor, cond: Cond, schedule: Schedule, cfg
                           weighting=dc.weighting, min_snr_gamma=dc.min_snr_gamma, generator=generator)
 
 
-def guided_denoiser(model: nn.Module, schedule: Schedule, cfg: Config, guidance: float | None = None) -> Denoiser:
+def guided_denoiser(model: nn.Module, schedule: Schedule, cfg: Config, guidance: float | None = None,
+                    dynamic_threshold: float | None = None) -> Denoiser:
     """``model`` as ``D(x_t, t, cond) -> x0_hat`` (``cfg.diffusion.prediction``, ``cfg.sample.clip_x0``) with
-    classifier-free guidance (None = ``cfg.sample.guidance``)."""
+    classifier-free guidance (None = ``cfg.sample.guidance``), then Imagen's dynamic thresholding at the
+    percentile ``dynamic_threshold`` (None = ``cfg.sample.dynamic_threshold``; 0 = off), which replaces the
+    static clip of ``clip_x0`` when on."""
     s = cfg.sample
-    denoiser = NetworkDenoiser(model, schedule, cfg.diffusion.prediction, clip_x0=s.clip_x0)
-    return classifier_free_guidance(denoiser, s.guidance if guidance is None else guidance)
+    percentile = s.dynamic_threshold if dynamic_threshold is None else (dynamic_threshold or None)  # 0 = off
+    denoiser = NetworkDenoiser(model, schedule, cfg.diffusion.prediction, clip_x0=s.clip_x0 and percentile is None)
+    return thresholded(classifier_free_guidance(denoiser, s.guidance if guidance is None else guidance), percentile)
 
 
 def load_network(model: nn.Module, checkpoint: Path, ema: bool, device: torch.device | str) -> nn.Module:
@@ -90,9 +94,10 @@ class GaussianRunBase(RunBase):
         """Whether the network reads a condition (so classifier-free guidance applies)."""
         return False
 
-    def denoiser(self, guidance: float | None = None) -> Denoiser:
-        """The network as ``D(x_t, t, cond) -> x0_hat`` with guidance (None = ``sample.guidance``)."""
-        return guided_denoiser(self.model, self.schedule, self.config, guidance)
+    def denoiser(self, guidance: float | None = None, dynamic_threshold: float | None = None) -> Denoiser:
+        """The network as ``D(x_t, t, cond) -> x0_hat`` with guidance (None = ``sample.guidance``) and dynamic
+        thresholding (None = ``sample.dynamic_threshold``; 0 = off)."""
+        return guided_denoiser(self.model, self.schedule, self.config, guidance, dynamic_threshold)
 
     def sampler_options(self, sampler: str | None, steps: int | None,
                         options: dict[str, Any]) -> tuple[str, int, str | None, dict[str, Any]]:
@@ -109,12 +114,13 @@ class GaussianRunBase(RunBase):
     def draw(self, n: int, shape: tuple[int, ...], cond_of: Callable[[int, int], Cond | None], *,
              sampler: str | None = None, steps: int | None = None, seed: int = 0, guidance: float | None = None,
              batch_size: int | None = None, progress: bool = True, unit: str = "sample",
-             **options: Any) -> list[Tensor]:
+             dynamic_threshold: float | None = None, **options: Any) -> list[Tensor]:
         """``n`` samples of ``shape`` (one sample's) in batches; ``cond_of(start, stop)`` is the network's
-        condition of samples start..stop (None: unconditional). Returns the batches (B, *shape)."""
+        condition of samples start..stop (None: unconditional); ``dynamic_threshold`` as :meth:`denoiser`.
+        Returns the batches (B, *shape)."""
         check_count(n)
         sampler, steps, grid, opts = self.sampler_options(sampler, steps, options)
-        denoiser = self.denoiser(guidance)
+        denoiser = self.denoiser(guidance, dynamic_threshold)
         batch_size = batch_size or self.config.sample.batch_size
         generator = torch.Generator(device=self.device).manual_seed(seed)
         out = []

@@ -36,14 +36,17 @@ PREVIEW_STEPS = 10  # sampler steps of the preview
 UNCONDITIONAL_ROWS = 4  # report grid rows of an unconditional run
 
 
-def build_unet(cfg: Config, channels: int, *, context_dim: int = 0, pooled_dim: int = 0) -> UNet:
+def build_unet(cfg: Config, channels: int, *, context_dim: int = 0, pooled_dim: int = 0,
+               cond_channels: int = 0) -> UNet:
     """The UNet described by ``cfg.model`` for images with ``channels`` channels (and a text condition
-    of token width ``context_dim`` and pooled width ``pooled_dim``)."""
+    of token width ``context_dim`` and pooled width ``pooled_dim``; ``cond_channels`` more input channels
+    holding a condition image, such as a super-resolution stage's low-resolution input)."""
     m = cfg.model
-    return UNet(in_channels=channels, base_channels=m.base_channels, channel_mult=m.channel_mult,
-                num_res_blocks=m.num_res_blocks, attention_levels=m.attention_levels, num_heads=m.num_heads,
-                dropout=m.dropout, num_classes=m.num_classes, context_dim=context_dim, pooled_dim=pooled_dim,
-                norm_groups=m.norm_groups, patch_size=m.patch_size, coord_channels=m.coord_channels)
+    return UNet(in_channels=channels + cond_channels, out_channels=channels, base_channels=m.base_channels,
+                channel_mult=m.channel_mult, num_res_blocks=m.num_res_blocks, attention_levels=m.attention_levels,
+                num_heads=m.num_heads, dropout=m.dropout, num_classes=m.num_classes, context_dim=context_dim,
+                pooled_dim=pooled_dim, norm_groups=m.norm_groups, patch_size=m.patch_size,
+                coord_channels=m.coord_channels)
 
 
 def image_channels(cfg: Config) -> int:

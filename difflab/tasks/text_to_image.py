@@ -60,10 +60,11 @@ def load_text_encoder(cfg: Config, *, texts: Sequence[str] | None = None, run: s
                               heads=m.text_heads)
 
 
-def build_text_unet(cfg: Config, channels: int, encoder: TextEncoder) -> TextConditionedUNet:
-    """The UNet of ``cfg.model`` reading ``encoder``'s token vectors and pooled vector."""
-    return TextConditionedUNet(build_unet(cfg, channels, context_dim=encoder.dim, pooled_dim=encoder.pooled_dim),
-                               encoder)
+def build_text_unet(cfg: Config, channels: int, encoder: TextEncoder, *, cond_channels: int = 0) -> TextConditionedUNet:
+    """The UNet of ``cfg.model`` reading ``encoder``'s token vectors and pooled vector (and ``cond_channels``
+    more input channels, as :func:`~difflab.tasks.image.build_unet`)."""
+    return TextConditionedUNet(build_unet(cfg, channels, context_dim=encoder.dim, pooled_dim=encoder.pooled_dim,
+                                          cond_channels=cond_channels), encoder)
 
 
 def is_empty(prompts: Sequence[str]) -> Tensor:

@@ -86,8 +86,8 @@ class Toy2DRun(GaussianRunBase):
     def build(cls, cfg: Config, folder: Path) -> nn.Module:
         return build_mlp(cfg, load_mixture(cfg.data.name).dim)
 
-    def denoiser(self, guidance: float | None = None) -> Denoiser:
-        """The network as a denoiser, never clamped (mixture data are not in [-1, 1]) nor guided."""
+    def denoiser(self, guidance: float | None = None, dynamic_threshold: float | None = None) -> Denoiser:
+        """The network as a denoiser, never clamped or thresholded (mixture data are not in [-1, 1]) nor guided."""
         return NetworkDenoiser(self.model, self.schedule, self.config.diffusion.prediction)
 
     def sample(self, n: int, *, cond: Any = None, sampler: str | None = None, steps: int | None = None,
