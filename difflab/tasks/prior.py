@@ -46,9 +46,18 @@ from difflab.tasks.text_to_image import TextToImageRun, default_prompts, is_empt
 
 
 # -- the CLIP it works in ------------------------------------------------------------------------
+def named_run(run: Path | None, ref: str, key: str, what: str, fix: str) -> Path:
+    """The run folder the config key ``key`` names (``ref``), resolved against the folder ``run`` of the config's
+    own run (:func:`difflab.tasks.stage_folder`; None = as given); one line ending in ``fix`` when it is missing."""
+    folder = Path(ref) if run is None else stage_folder(run, ref)
+    if not folder.is_dir():
+        where = ref if run is None or Path(ref).is_absolute() else f"{ref} (in {run} or the working directory)"
+        raise UserError(f"{what} {where}, named by {key}, does not exist: {fix}")
+    return folder
+
+
 def clip_folder(run: Path | None, cfg: Config) -> Path:
-    """The CLIP run of ``cfg.prior.clip_run``, resolved against the folder ``run`` of the config's own run
-    (:func:`difflab.tasks.stage_folder`; None = as given).
+    """The CLIP run of ``cfg.prior.clip_run``, resolved against the folder ``run`` of the config's own run.
 
     Raises:
         UserError: no CLIP named, or no such folder.
@@ -57,11 +66,9 @@ def clip_folder(run: Path | None, cfg: Config) -> Path:
     if ref is None:
         raise UserError(f"{a_run(cfg.task or 'prior')} needs a CLIP run: set prior.clip_run=RUN (the --out folder of "
                         "`difflab clip train`)")
-    folder = Path(ref) if run is None else stage_folder(run, ref)
-    if not folder.is_dir():
-        raise UserError(f"the CLIP run {folder} (prior.clip_run={ref}) does not exist: train it (`difflab clip train "
-                        f"--out {folder}`, or the stages of `difflab train`) or set prior.clip_run to a CLIP run")
-    return folder
+    return named_run(run, ref, "prior.clip_run", "the CLIP run",
+                     "train it (`difflab train CONFIG --out RUN --resume` trains a missing stage; or `difflab clip "
+                     "train`) or set prior.clip_run to a CLIP run's folder")
 
 
 def embed_dim(clip: ClipRun) -> int:

@@ -43,12 +43,12 @@ from difflab.models.text_encoders import ClipTextEncoder
 from difflab.models.text_unet import TextConditionedUNet
 from difflab.samplers import check_sample_config
 from difflab.schedules import Schedule, schedule_from_config
-from difflab.tasks import Stage, load_run, run_class, stage_folder
+from difflab.tasks import Stage, load_run, run_class
 from difflab.tasks.base import Samples, a_run
 from difflab.tasks.clip import ClipRun, clip_config, load_clip_run
 from difflab.tasks.gaussian import algorithm1, load_network
 from difflab.tasks.image import PREVIEW_SAMPLES, build_unet, image_channels, load_images, preview_grid
-from difflab.tasks.prior import PriorRun, clip_folder, embed_dim, image_embeddings
+from difflab.tasks.prior import PriorRun, clip_folder, embed_dim, image_embeddings, named_run
 from difflab.tasks.text_to_image import TextToImageRun, default_prompts, is_empty
 
 CLIP_STAGE = "clip"  # RUN/clip
@@ -203,12 +203,9 @@ def task_for_run(cfg: Config, run: Path | None) -> UnclipTask:
 # -- a trained run -------------------------------------------------------------------------------
 def prior_folder(run: Path, cfg: Config) -> Path:
     """The prior run of ``cfg.prior.prior_run``, resolved against ``run``; one line when it is missing."""
-    ref = cfg.prior.prior_run or PRIOR_STAGE
-    folder = stage_folder(run, ref)
-    if not folder.is_dir():
-        raise UserError(f"the prior {folder} (prior.prior_run={ref}) of {run} does not exist: train it "
-                        f"(`difflab train CONFIG --out {run} --resume` trains missing stages) or set prior.prior_run")
-    return folder
+    return named_run(run, cfg.prior.prior_run or PRIOR_STAGE, "prior.prior_run", "the prior run",
+                     "train it (`difflab train CONFIG --out RUN --resume` trains a missing stage) or set "
+                     "prior.prior_run to a prior run's folder")
 
 
 def centre_square(image: np.ndarray) -> np.ndarray:
@@ -216,7 +213,7 @@ def centre_square(image: np.ndarray) -> np.ndarray:
     H, W = image.shape[:2]
     S = min(H, W)
     top, left = (H - S) // 2, (W - S) // 2
-    return image[top:top + S, left:left + S]  # (S, S, C)
+    return image[top:top + S, left:left + S].copy()  # (S, S, C), writable (a decoded file is read-only)
 
 
 class UnclipRun(TextToImageRun):
