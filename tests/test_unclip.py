@@ -160,6 +160,17 @@ def test_sample_runs_text_prior_decoder(unclip_run, tmp_path, capsys):
         assert f["images"].shape == (4, 16, 16, 3) and list(f["prompts"]) == [PROMPTS[0]] * 2 + [""] * 2
     assert main(["sample", str(unclip_run), "--n", "3", "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
     assert Image.open(tmp_path / "g.png").size[0] > 16
+    guided = ["sample", str(unclip_run), "--prompt", PROMPTS[1], "--n", "2", "--steps", "2", "--prior-guidance", "3",
+              "--prior-steps", "2"]
+    assert main([*guided, "--out", str(tmp_path / "guided.npz")]) == 0
+    run = load_run(unclip_run)
+    direct = run.sample(2, cond=[PROMPTS[1]] * 2, steps=2, prior_guidance=3.0, prior_steps=2, progress=False).data
+    with np.load(tmp_path / "guided.npz") as f:  # the flags reach the prior
+        assert np.array_equal(f["images"], direct)
+    capsys.readouterr()
+    assert main([*guided[:-1], "0", "--out", str(tmp_path / "no.npz")]) == 2
+    assert "prior's steps must be positive" in capsys.readouterr().err and not (tmp_path / "no.npz").exists()
+    assert Image.open(tmp_path / "g.png").size[0] > 16
     assert main(["sample", str(unclip_run / "prior"), "--prompt", PROMPTS[1], "--n", "3",
                  "--out", str(tmp_path / "z.npz")]) == 0
     with np.load(tmp_path / "z.npz") as f:  # the prior alone: unit CLIP image embeddings

@@ -23,6 +23,7 @@ text-to-image run's (FID, CLIP score under the dataset's default CLIP, attribute
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -44,7 +45,7 @@ from difflab.models.text_unet import TextConditionedUNet
 from difflab.samplers import check_sample_config
 from difflab.schedules import Schedule, schedule_from_config
 from difflab.tasks import Stage, load_run, run_class
-from difflab.tasks.base import Samples, a_run
+from difflab.tasks.base import SampleRequest, Samples, a_run
 from difflab.tasks.clip import ClipRun, clip_config, load_clip_run
 from difflab.tasks.gaussian import algorithm1, load_network
 from difflab.tasks.image import PREVIEW_SAMPLES, build_unet, image_channels, load_images, preview_grid
@@ -221,6 +222,7 @@ class UnclipRun(TextToImageRun):
     of every image, as for a text-to-image run (its flags, metrics and report)."""
 
     task = "unclip"
+    flags_of = (TextToImageRun,)  # --prompt / --prompts, besides its own --prior-guidance / --prior-steps
 
     def __init__(self, folder: Path, config: Config, model: nn.Module, checkpoint: Path, clip: ClipRun,
                  prior: PriorRun) -> None:
@@ -274,6 +276,10 @@ class UnclipRun(TextToImageRun):
         ``prior.steps`` or ``prior_steps``, ``prior.guidance`` or ``prior_guidance``) -> z_i -> the decoder
         (``sampler``, ``steps``, ``guidance`` and the sampler's ``options``)."""
         self.sampler_options(sampler, steps, {})
+        if prior_guidance is not None and not prior_guidance >= 0:
+            raise UserError(f"the prior's guidance must be zero or more, got {prior_guidance}: e.g. --prior-guidance 3")
+        if prior_steps is not None and prior_steps < 1:
+            raise UserError(f"the prior's steps must be positive, got {prior_steps}: e.g. --prior-steps 32")
         prompts = default_prompts(self.config, n, seed) if cond is None and n > 0 else list(cond or [])
         if len(prompts) != n:
             raise ValueError(f"{len(prompts)} prompts for {n} images")
@@ -284,6 +290,19 @@ class UnclipRun(TextToImageRun):
         images = self.decode(z, prompts, sampler=sampler, steps=steps, seed=seed, guidance=guidance,
                              batch_size=batch_size, progress=progress, **options)
         return Samples(images, {"labels": np.full(n, -1, dtype=np.int64), "prompts": np.asarray(prompts, dtype=str)})
+
+    @staticmethod
+    def add_flags(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--prior-guidance", type=float, metavar="W",
+                            help="unclip runs: classifier-free guidance of the prior (default: the run's prior.guidance)")
+        parser.add_argument("--prior-steps", type=int, metavar="N",
+                            help="unclip runs: sampling steps of the prior (default: the run's prior.steps)")
+
+    def request(self, args: argparse.Namespace, n: int | None, default_n: int) -> SampleRequest:
+        """As text-to-image's (``--prompt``, ``--prompts``), with ``--prior-guidance`` and ``--prior-steps``."""
+        given = {"prior_guidance": getattr(args, "prior_guidance", None), "prior_steps": getattr(args, "prior_steps", None)}
+        return replace(TextToImageRun.request(self, args, n, default_n),
+                       options={k: v for k, v in given.items() if v is not None})
 
     def variations(self, image: np.ndarray, n: int, **sampling: Any) -> Samples:
         """``n`` images decoded from the CLIP image embedding of ``image`` uint8 (H, W, C) (its centred square at
