@@ -224,7 +224,7 @@ class SuperResConfig:
     # forward process to a level s ~ U[0, aug_max] in training, s an input of the network; false = always clean
     noise_aug: bool = True
     aug_max: float = checked(0.5, UNIT_INTERVAL)  # largest training level, as a fraction of the schedule (1 = T)
-    aug_level: float = checked(0.1, UNIT_INTERVAL)  # the level at sampling (flag --aug-level); 0 = clean input
+    aug_level: float = checked(0.1, UNIT_INTERVAL)  # the level at sampling (--aug-level); 0 = clean; noise_aug false: 0
 
 
 @dataclass(frozen=True)

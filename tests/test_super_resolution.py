@@ -16,14 +16,16 @@ from difflab.cli import main
 from difflab.config import apply_overrides, load_config
 from difflab.denoisers import dynamic_threshold, thresholded
 from difflab.models.super_resolution import LowResConditionedUNet
+from difflab.models.text_encoders import build_text_encoder
 from difflab.models.unet import UNet
 from difflab.samplers import SAMPLERS, sample
 from difflab.schedules import make_schedule
 from difflab.tasks import build_task, load_run, stages
 from difflab.tasks.cascade import CascadeRun, base_config, is_stage
-from difflab.tasks.super_resolution import (LowResolution, SuperResolutionRun, SuperResolutionTask, cut_tiles,
-                                            low_res_condition, stitch_tiles)
-from difflab.tasks.text_to_image import TextToImageRun
+from difflab.tasks.super_resolution import (LowResolution, SuperResolutionRun, SuperResolutionTask,
+                                            build_super_resolution_net, cut_tiles, low_res_condition, sampling_level,
+                                            stitch_tiles)
+from difflab.tasks.text_to_image import TextToImageRun, prompt_condition
 
 from conftest import ROOT, TINY
 
@@ -92,6 +94,18 @@ def test_network_reads_the_low_resolution_image_and_the_augmentation_level():
     assert not torch.allclose(out, net(x, t, low_res=-low, aug_t=torch.tensor([-1.0, -1.0]))), "image unused"
 
 
+def test_guidance_drops_the_caption_never_the_low_resolution_image():
+    cfg = apply_overrides(load_config(), TEXT)
+    encoder = build_text_encoder("scratch", texts=PROMPTS, width=16, layers=1, heads=2)
+    net = build_super_resolution_net(cfg, 3, encoder)
+    _randomise(net)
+    x, t, low = torch.randn(2, 3, 16, 16), torch.tensor([10.0, 500.0]), torch.randn(2, 3, 16, 16)
+    text, level, drop = encoder.tokenize(PROMPTS), torch.zeros(2), torch.ones(2, dtype=torch.bool)
+    dropped = net(x, t, low_res=low, aug_t=level, drop=drop, **text)
+    assert torch.allclose(dropped, net(x, t, low_res=low, aug_t=level, drop=drop, **encoder.tokenize(["", "x"])))
+    assert not torch.allclose(dropped, net(x, t, low_res=-low, aug_t=level, drop=drop, **text))
+
+
 def test_low_res_condition_is_the_forward_process_at_the_level():
     schedule = make_schedule("cosine", 1000)
     x_low = torch.rand(3, 3, 4, 4) * 2 - 1
@@ -116,8 +130,11 @@ def test_training_levels_and_the_ablation():
     assert cond["low_res"].shape == x0.shape == (8, 3, 32, 32) and cond["aug_t"].shape == (8,)
     text = set(task.inner.encoder.tokenize(["a cat"]))
     assert set(cond) == {"low_res", "aug_t", "drop", *text}  # the caption and its dropout ride along
-    off = SuperResolutionTask(replace(cfg, super_res=replace(cfg.super_res, noise_aug=False, aug_level=0.0)))
+    off = SuperResolutionTask(replace(cfg, super_res=replace(cfg.super_res, noise_aug=False)))
     assert torch.equal(off.levels(16, g, torch.device("cpu")), torch.zeros(16))
+    assert sampling_level(off.config) == 0 and sampling_level(task.config) == task.config.super_res.aug_level
+    with pytest.raises(Exception, match="without noise-conditioning augmentation"):
+        sampling_level(off.config, 0.2)
 
 
 def test_tiles_cut_and_stitch_back():
@@ -173,6 +190,20 @@ def test_cascade_shapes(cascade_run):
     assert s.data.shape == (2, 64, 64, 3) and s.data.dtype == np.uint8 and list(s.conditions["prompts"]) == PROMPTS
     up = run.upscale(LowResolution(low.data, PROMPTS), steps=2, progress=False)
     assert up.shape == (2, 64, 64, 3)
+
+
+def test_runs_threshold_their_guided_estimate(cascade_run):
+    """GaussianRunBase.denoiser: --dynamic-threshold P, else sample.dynamic_threshold; 0 turns it off."""
+    base = load_run(cascade_run).base
+    x_t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 3
+    t, cond = torch.full((2,), 900.0), prompt_condition(base.model, PROMPTS, base.device)
+    on = base.denoiser(guidance=7.0, dynamic_threshold=99.5)(x_t, t, cond)
+    assert on.abs().max() <= 1 + 1e-5
+    s = replace(base.config.sample, dynamic_threshold=99.5)
+    configured = type(base)(base.folder, replace(base.config, sample=s), base.model, base.checkpoint)
+    assert torch.equal(configured.denoiser(guidance=7.0)(x_t, t, cond), on)
+    assert torch.equal(configured.denoiser(guidance=7.0, dynamic_threshold=0)(x_t, t, cond),
+                       base.denoiser(guidance=7.0)(x_t, t, cond))
 
 
 def test_sampling_uses_the_augmentation_level(cascade_run):

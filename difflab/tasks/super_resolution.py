@@ -17,7 +17,7 @@ symbol       meaning
 ===========  =====================================================================================
 
 Training draws s ~ U[0, ``super_res.aug_max``] per image (``super_res.noise_aug: false``: s = 0, the ablation);
-sampling uses one level, ``super_res.aug_level`` (``--aug-level``). The augmentation noise at sampling is drawn
+sampling uses one level, ``super_res.aug_level`` (``--aug-level``; 0 for a stage trained without). The augmentation noise at sampling is drawn
 by numpy's generator of the seed, apart from the sampler's torch stream. A text encoder (``model.text_encoder``)
 makes it text-conditioned, with the caption dropped for guidance as text-to-image drops it (never the
 low-resolution image); without one it is unconditional and trains on any image folder.
@@ -55,24 +55,31 @@ from difflab.tasks.text_to_image import (TextToImageRun, TextToImageTask, build_
 
 
 # -- the condition: x_low -> z_s ----------------------------------------------------------------
-def check_super_res(cfg: Config, resolution: int | None = None) -> None:
-    """One line unless ``super_res.low_resolution`` divides the high resolution (``resolution``, else
-    ``data.resolution`` when set) and is below it, and unless ``super_res.aug_level`` can be used."""
-    sr, H = cfg.super_res, resolution or cfg.data.resolution
+def check_super_res(cfg: Config) -> None:
+    """One line unless ``super_res.low_resolution`` divides ``data.resolution`` (when set) and is below it."""
+    sr, H = cfg.super_res, cfg.data.resolution
     if H is not None and (sr.low_resolution >= H or H % sr.low_resolution):
         fix = f"--set super_res.low_resolution={H // 4}" if H % 4 == 0 and H >= 8 else "a divisor of it"
         raise UserError(f"super_res.low_resolution={sr.low_resolution} must divide data.resolution={H} and be "
                         f"smaller (the upscaling factor is their ratio): fix it with {fix}")
-    check_level(cfg, sr.aug_level, "super_res.aug_level")
 
 
-def check_level(cfg: Config, level: float, name: str = "--aug-level") -> None:
-    """One line for an augmentation level outside [0, 1], or above 0 on a run trained without augmentation."""
+def sampling_level(cfg: Config, level: float | None = None) -> float:
+    """The augmentation level s of sampling: ``level`` (``--aug-level``), else ``super_res.aug_level``, which a
+    stage trained without augmentation (``super_res.noise_aug: false``) replaces by 0.
+
+    Raises:
+        UserError: a level outside [0, 1], or above 0 for a stage trained without augmentation.
+    """
+    sr = cfg.super_res
+    if level is None:
+        return sr.aug_level if sr.noise_aug else 0.0
     if not 0 <= level <= 1:
-        raise UserError(f"{name} must be in [0, 1] (a fraction of the noise schedule), got {level}: e.g. 0.1")
-    if level > 0 and not cfg.super_res.noise_aug:
-        raise UserError(f"{name}={level}, but this stage was trained without noise-conditioning augmentation "
+        raise UserError(f"--aug-level must be in [0, 1] (a fraction of the noise schedule), got {level}: e.g. 0.1")
+    if level > 0 and not sr.noise_aug:
+        raise UserError(f"--aug-level {level}, but this stage was trained without noise-conditioning augmentation "
                         "(super_res.noise_aug false), on clean low-resolution images only: use 0")
+    return level
 
 
 def aug_time(s: Tensor, schedule: Schedule) -> Tensor:
@@ -178,7 +185,7 @@ class SuperResolutionTask:
         index = torch.arange(PREVIEW_SAMPLES, device=device) % len(self.inner.images)  # (P,)
         x0 = to_model_range(self.inner.images[index])  # (P, C, H, W)
         generator = torch.Generator(device=device).manual_seed(0)
-        s = torch.full((PREVIEW_SAMPLES,), self.config.super_res.aug_level, device=device)
+        s = torch.full((PREVIEW_SAMPLES,), sampling_level(self.config), device=device)
         cond: dict[str, Tensor] = self.condition(x0, s, generator)
         if isinstance(self.inner, TextToImageTask):
             captions = [self.inner.captions[i] for i in self.inner.caption_index[index].tolist()]
@@ -250,14 +257,13 @@ class SuperResolutionRun(TextToImageRun):
 
         Args:
             low: the images (N, h, h, C) and their captions.
-            aug_level: the augmentation level s of the input (None = ``super_res.aug_level``).
+            aug_level: the augmentation level s of the input (None = :func:`sampling_level`'s default).
             sampler, steps, seed, guidance, batch_size, options: as :meth:`GaussianRunBase.draw`.
         """
         self.sampler_options(sampler, steps, {})  # an unknown sampler fails before any work
         self._check_low(low)
         sr, n = self.config.super_res, len(low.images)
-        level = sr.aug_level if aug_level is None else aug_level
-        check_level(self.config, level)
+        level = sampling_level(self.config, aug_level)
         x_low = to_model_range(torch.from_numpy(low.images).permute(0, 3, 1, 2))  # (N, C, h, h)
         eps = torch.from_numpy(np.random.default_rng(seed).standard_normal(x_low.shape, dtype=np.float32))
         prompts = list(low.prompts) if low.prompts is not None else [""] * n
