@@ -35,6 +35,8 @@ CASCADE = ["task=cascade", "data.name=shapes", "data.size=64", "data.resolution=
            "model.patch_size=4", 'cascade.base_overrides=["model.patch_size=2"]']
 T2I = ["data.name=shapes", "data.size=64", "data.resolution=16", "model.text_encoder=scratch", "model.text_width=16",
        "model.text_layers=1", "model.text_heads=2", *TINY]
+AE = ["task=autoencoder", "autoencoder.base_channels=8", "autoencoder.max_channels=16", "train.batch_size=8",
+      "autoencoder.scale_images=16"]  # digits, 8x8: latents 2x2x4
 UNCLIP = ["task=unclip", "data.name=shapes", "data.size=64", "data.resolution=16", *TINY, "clip.embed_dim=16",
           "clip.image_width=8", "clip.text_width=16", "clip.text_layers=1", "clip.text_heads=2", "prior.clip_steps=2",
           "prior.width=16", "prior.blocks=1", "prior.train_steps=2", "prior.batch_size=16", "train.max_steps=2"]
@@ -188,6 +190,18 @@ CASES = [
          "use a .png grid"),
     case("variations", "an output inside a file", "variations {unclip} {f}/img.png --out {f}/afile/v.png", "is a file"),
     case("variations", "zero images", "variations {unclip} {f}/img.png --n 0", "must be positive"),
+    # autoencoder, vae
+    case("train", "a resolution the autoencoder cannot downsample", "train --out {out}/r --set task=autoencoder "
+         "data.resolution=10", "autoencoder.downsample"),
+    case("train", "an autoencoder downsampling that is not a power of 2", "train --out {out}/r --set "
+         "task=autoencoder autoencoder.downsample=6", "power of 2"),
+    case("train", "an unknown reconstruction loss", "train --out {out}/r --set task=autoencoder "
+         "autoencoder.recon_loss=l3", "autoencoder.recon_loss"),
+    case("sample", "an autoencoder run", "sample {ae}", "cannot sample"),
+    case("sample", "a sampler for a vae run", "sample {f}/vae --sampler ddim", "--sampler cannot be used"),
+    case("eval", "an autoencoder run with no checkpoint yet", "eval {f}/ae_nockpt", "no checkpoints"),
+    case("eval", "a sampler for an autoencoder run", "eval {ae} --n 8 --sampler ddim", "reconstructs"),
+    case("eval", "an autoencoder whose latents.json is not JSON", "eval {f}/bad_latents --n 8", "latent file"),
     # features
     case("features", "an unknown dataset", "features train --data cifar", "cifar"),
     case("features", "an image folder without --data-path", "features train --data image-folder", "data"),
@@ -218,6 +232,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     assert main(["train", "--out", str(t2i), "--no-progress", "--max-steps", "2", "--set", *T2I]) == 0
     unclip = root / "unclip"
     assert main(["train", "--out", str(unclip), "--no-progress", "--set", *UNCLIP]) == 0
+    ae = root / "ae"
+    assert main(["train", "--out", str(ae), "--no-progress", "--max-steps", "2", "--set", *AE]) == 0
     cascade = root / "cascade"
     assert main(["train", "--out", str(cascade), "--no-progress", "--max-steps", "2", "--set", *CASCADE]) == 0
     f = root / "f"
@@ -265,10 +281,16 @@ def world(tmp_path_factory) -> dict[str, Path]:
     shutil.copytree(cascade, f / "nobase", symlinks=True)
     shutil.rmtree(f / "nobase" / "base")
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(f / "img.png")
+    (f / "ae_nockpt").mkdir()
+    (f / "ae_nockpt" / io.CONFIG_FILE).write_text((ae / io.CONFIG_FILE).read_text())
+    _copy_run(ae, f / "bad_latents")
+    (f / "bad_latents" / "latents.json").write_text("{'latent_scale': 3")
+    _copy_run(ae, f / "vae")
+    (f / "vae" / io.CONFIG_FILE).write_text((ae / io.CONFIG_FILE).read_text().replace("task: autoencoder", "task: vae"))
     for stage in ("clip", "prior"):
         shutil.copytree(unclip, f / f"no{stage}", symlinks=True)
         shutil.rmtree(f / f"no{stage}" / stage)
-    return {"root": root, "run": run, "t2i": t2i, "cascade": cascade, "unclip": unclip, "f": f, "out": out}
+    return {"root": root, "run": run, "t2i": t2i, "cascade": cascade, "unclip": unclip, "ae": ae, "f": f, "out": out}
 
 
 def _args(c: Case, world: dict[str, Path]) -> list[str]:
@@ -298,8 +320,9 @@ def _error_lines(err: str) -> list[str]:
 
 def _normalise(message: str, world: dict[str, Path]) -> str:
     """A message with the test's own folders turned into the placeholders of the cases."""
-    for key in ("out", "f", "run", "t2i", "cascade", "unclip"):
-        message = message.replace(str(world[key]), key.upper() if key in ("run", "t2i", "cascade", "unclip") else key)
+    for key in ("out", "f", "run", "t2i", "cascade", "unclip", "ae"):
+        message = message.replace(str(world[key]), key.upper() if key in ("run", "t2i", "cascade", "unclip", "ae")
+                                  else key)
     message = message.replace(str(world["root"]), "TMP")
     return re.sub(r"process \d+", "process PID", message)
 

@@ -258,8 +258,9 @@ class AutoencoderRun(RunBase):
         """PSNR, SSIM and rFID of the reconstructions of ``n`` test images (fewer if the split has fewer: "n" says
         how many), and the latent scale (:func:`latent_scale`)."""
         refuse_sampling_flags(self, "reconstructs", sampler=sampler, steps=steps, clip=clip_run, **options)
+        scale = latent_scale(self)  # a broken RUN/latents.json fails before the work
         return {**self.reconstruction_measures(n, data=data, data_path=data_path, features=features,
-                                               progress=progress), "latent_scale": latent_scale(self)}
+                                               progress=progress), "latent_scale": scale}
 
     def reconstruction_measures(self, n: int, *, data: str | None = None, data_path: str | None = None,
                                 features: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
