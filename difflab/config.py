@@ -116,6 +116,13 @@ class ModelConfig:
     text_heads: int = checked(4, POSITIVE)  # scratch encoder: attention heads (dividing text_width)
     mlp_width: int = checked(96, POSITIVE)  # hidden width of the residual MLP (data.name mixture2d)
     mlp_blocks: int = checked(2, POSITIVE)  # its residual blocks
+    # latent-text-to-image: the KL autoencoder whose latents the denoiser models; null or a bare name = a stage
+    # difflab train trains first into RUN/<name> (default autoencoder) from the autoencoder: section, a path = a
+    # trained autoencoder run (difflab.tasks.latent_text_to_image)
+    autoencoder_run: str | None = None
+    # that stage's config is this one with task autoencoder, then these overrides (--set syntax, e.g.
+    # "train.max_minutes=8")
+    autoencoder_overrides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

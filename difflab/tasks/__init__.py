@@ -39,6 +39,7 @@ TASKS: dict[str, str] = {  # name -> module defining TASK and RUN
     "cascade": "difflab.tasks.cascade",
     "autoencoder": "difflab.tasks.autoencoder",
     "vae": "difflab.tasks.vae",
+    "latent-text-to-image": "difflab.tasks.latent_text_to_image",
 }
 LEGACY_TASK = "diffusion"  # what every Gaussian run's config said before kinds had names
 WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")

@@ -73,17 +73,22 @@ def load_images(cfg: Config, split: str = "train", check: Callable[[int], None] 
     return dataset
 
 
-def preview_grid(model: nn.Module, schedule: Schedule, cfg: Config, cond: Cond | None) -> np.ndarray:
+def preview_grid(model: nn.Module, schedule: Schedule, cfg: Config, cond: Cond | None,
+                 shape: tuple[int, ...] | None = None, decode: Callable[[Tensor], Tensor] | None = None) -> np.ndarray:
     """uint8 (H, W, C): PREVIEW_SAMPLES images of ``model`` (seed 0, PREVIEW_STEPS steps of the run's
-    sampler), for the training logs; ``model`` is left in the mode it was in."""
+    sampler), for the training logs; ``model`` is left in the mode it was in. ``shape``: of one sample (None =
+    the config's image); ``decode``: samples -> images in [-1, 1] (a latent model's decoder; None = the samples)."""
     training = model.training
     model.eval()
     device = next(model.parameters()).device
     denoiser = guided_denoiser(model, schedule, cfg)
     C, H = image_channels(cfg), cfg.data.resolution
     with torch.inference_mode():
-        x = sample(cfg.sample.sampler, denoiser, (PREVIEW_SAMPLES, C, H, H), schedule, steps=PREVIEW_STEPS,
-                   cond=cond, generator=torch.Generator(device=device).manual_seed(0), device=device)
+        x = sample(cfg.sample.sampler, denoiser, (PREVIEW_SAMPLES, *(shape or (C, H, H))), schedule,
+                   steps=PREVIEW_STEPS, cond=cond, generator=torch.Generator(device=device).manual_seed(0),
+                   device=device)
+        if decode is not None:
+            x = decode(x)
     model.train(training)
     return grids.image_grid(to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())  # (B, H, W, C) tiled
 
@@ -172,6 +177,11 @@ class ImageOutputs(RunBase):
         H = self.config.data.resolution
         return image_channels(self.config), H, H
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """What the sampler draws for one image: the image itself (a latent kind draws its latent)."""
+        return self.image_shape
+
     def _images(self, batches: list[Tensor]) -> np.ndarray:
         return torch.cat([to_uint8(x).permute(0, 2, 3, 1).cpu() for x in batches]).numpy()  # (n, H, W, C)
 
@@ -259,7 +269,7 @@ class ImageRun(ImageOutputs, GaussianRunBase):
         def cond_of(start: int, stop: int) -> Cond | None:
             return {"labels": labels[start:stop].to(device)} if self.conditional else None
 
-        batches = self.draw(n, self.image_shape, cond_of, sampler=sampler, steps=steps, seed=seed, guidance=guidance,
+        batches = self.draw(n, self.sample_shape, cond_of, sampler=sampler, steps=steps, seed=seed, guidance=guidance,
                             batch_size=batch_size, progress=progress, unit="img", **options)
         return Samples(self._images(batches), {"labels": labels.numpy().astype(np.int64)})
 

@@ -12,7 +12,7 @@ prompt always means "no caption" (unconditional).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -94,9 +94,9 @@ class TextToImageTask:
 
     name = "text-to-image"
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, check: Callable[[int], None] | None = None) -> None:
         d = cfg.data
-        dataset = load_images(cfg)
+        dataset = load_images(cfg, check=check)
         if not dataset.texts:
             raise UserError(f"dataset {d.name} has no captions, but model.text_encoder is {cfg.model.text_encoder}: "
                             "train on captioned images (data.name=shapes, or an image-folder with metadata.jsonl) "
@@ -134,12 +134,16 @@ class TextToImageTask:
             x0 (B, C, H, W) in [-1, 1] and the network's condition: the tokenized captions and ``drop`` (B,),
             True for empty captions and at ``model.cond_drop_prob`` (for guidance).
         """
-        device = self.images.device
-        idx = torch.randint(0, len(self.images), (batch_size,), device=device, generator=generator)
-        x0 = to_model_range(self.images[idx])
+        device = self.caption_index.device
+        idx = torch.randint(0, len(self.caption_index), (batch_size,), device=device, generator=generator)
+        x0 = self.x0(idx)
         cap = self.caption_index[idx]  # (B,)
         drop = (torch.rand(batch_size, device=device, generator=generator) < self.config.model.cond_drop_prob)
         return x0, {**{k: v[cap] for k, v in self.text.items()}, "drop": drop | self.empty[cap]}
+
+    def x0(self, idx: Tensor) -> Tensor:
+        """What the diffusion models of the training images ``idx``: the images in [-1, 1] (B, C, H, W)."""
+        return to_model_range(self.images[idx])
 
     def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor:
         """Algorithm 1 on a random :meth:`batch` of (image, caption) pairs."""
@@ -183,7 +187,7 @@ class TextToImageRun(ImageRun):
         def cond_of(start: int, stop: int) -> Cond:
             return prompt_condition(self.model, prompts[start:stop], self.device)
 
-        batches = self.draw(n, self.image_shape, cond_of, sampler=sampler, steps=steps, seed=seed, guidance=guidance,
+        batches = self.draw(n, self.sample_shape, cond_of, sampler=sampler, steps=steps, seed=seed, guidance=guidance,
                             batch_size=batch_size, progress=progress, unit="img", **options)
         return Samples(self._images(batches), {"labels": np.full(n, -1, dtype=np.int64),
                                                "prompts": np.asarray(prompts, dtype=str)})
