@@ -181,6 +181,8 @@ CASES = [
          "data.name=shapes prior.clip_run={f}/nope", "does not exist"),
     case("train", "an unclip prior sampler that does not exist", "train --out {out}/r --set task=unclip "
          "prior.sampler=fast", "unknown sampler 'fast'"),
+    case("train", "an unknown prediction for the prior", "train --out {out}/r --set task=unclip prior.prediction=score",
+         "unknown prediction 'score'"),
     case("sample", "an unclip run whose CLIP stage is missing", "sample {f}/noclip", "CLIP run"),
     case("sample", "an unclip run whose prior stage is missing", "sample {f}/noprior", "prior.prior_run"),
     case("variations", "an input that is not an image", "variations {unclip} {f}/afile", "is not PNG, JPEG or WebP"),

@@ -106,7 +106,11 @@ def stages(cfg: Config) -> tuple[list[Stage], Config]:
     if prior_ref == PRIOR_STAGE:
         out.append(Stage(PRIOR_STAGE, prior_stage_config(cfg, clip_ref)))
     for stage in out:
-        _check_stage(stage.config)
+        try:
+            _check_stage(stage.config)
+        except UserError as e:
+            raise UserError(f"the {stage.name} stage, made from this config's prior: and clip: settings, would not "
+                            f"train: {e}") from None
     return out, replace(cfg, prior=replace(p, clip_run=clip_ref, prior_run=prior_ref))
 
 
