@@ -212,7 +212,7 @@ class AutoencoderConfig:
     norm_groups: int = checked(8, POSITIVE)  # dividing base_channels and max_channels
     recon_loss: str = checked("l1", one_of("l1", "l2"))  # reconstruction term, per pixel value
     # weight of KL(q(z|x) || N(0, I)), per pixel value like the reconstruction; None = the kind's default
-    # (autoencoder: 1e-6, Stable Diffusion's KL-f autoencoders; vae: see difflab.tasks.autoencoder)
+    # (autoencoder: 1e-6, Stable Diffusion's KL-f autoencoders; vae: 0.1, measured in difflab.tasks.vae)
     kl_weight: float | None = checked(None, NON_NEGATIVE, example=1e-6)
     # weight of the squared distance of x and x_hat in the FID feature space (difflab.evaluate.features)
     perceptual_weight: float = checked(0.0, NON_NEGATIVE)

@@ -28,6 +28,8 @@ from difflab.tasks.autoencoder import (LATENTS_FILE, AutoencoderRun, encode_mean
                                        latent_scale, load_autoencoder)
 from difflab.train import train
 
+from conftest import ROOT
+
 # a tiny autoencoder on digits (8x8, latents 2x2x4): a step takes milliseconds
 AE = ["task=autoencoder", "data.name=digits", "autoencoder.base_channels=8", "autoencoder.max_channels=16",
       "train.batch_size=16", "train.warmup_steps=5", "train.log_every=5", "train.checkpoint_every=1000",
@@ -282,3 +284,15 @@ def test_vae_samples_like_an_image_run(vae_run, tmp_path, digits_features, capsy
     assert {"fid", "kid", "precision", "psnr", "ssim", "rfid"} <= set(m) and m["recon_n"] == 16
     assert main(["fid", str(vae_run), "--n", "16", "--features", str(digits_features)]) == 0
     assert "FID" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("shapes64_autoencoder.yaml", ["data.size=16", "autoencoder.base_channels=8", "autoencoder.max_channels=16"]),
+    ("fashion_vae.yaml", ["data.name=digits"]),  # Fashion-MNIST is not installed everywhere; the same network
+])
+def test_shipped_configs_build_and_give_a_loss(name, overrides):
+    cfg = load_config(ROOT / "configs" / name, [*overrides, "train.batch_size=4", "train.warmup_steps=1"])
+    task = build_task(cfg)
+    assert task.config.task == name.split("_")[-1].removesuffix(".yaml")
+    loss = task.loss(task.build_model(), 4, torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and torch.isfinite(loss)
