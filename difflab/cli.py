@@ -102,6 +102,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if before and io.latest_checkpoint(args.out) is not None and not args.resume:
         raise UserError(f"{args.out} already holds a run with checkpoints: pass --resume to continue it, or choose "
                         "another --out")
+    if before and _is_main_process() and not (Path(args.out) / io.CONFIG_FILE).is_file():
+        io.write_config(Path(args.out), cfg)  # so that `--resume` after a kill in a stage knows the run's kind
     for stage in before:  # e.g. latent diffusion's autoencoder: RUN/autoencoder, skipped once finished
         folder = Path(args.out) / stage.name
         if io.is_finished(folder):
@@ -351,8 +353,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                                    "precision, recall, density and coverage against the dataset's train images, "
                                    "in the feature space of difflab's per-dataset classifier; text-to-image runs "
                                    "also get the CLIP score of their prompts (difflab's own CLIP) and, on shapes, "
-                                   "attribute accuracy; prints a table and updates RUN/metrics.json (other keys in "
-                                   "it are kept).")
+                                   "attribute accuracy; autoencoder runs get PSNR, SSIM and rFID of --n reconstructed "
+                                   "test images instead (vae runs both); prints a table and updates RUN/metrics.json "
+                                   "(other keys in it are kept).")
     p.add_argument("run", help="run folder written by `difflab train`")
     p.add_argument("--data", help="reference dataset (default: the run's data.name)")
     p.add_argument("--data-path", help="folder of the reference dataset")

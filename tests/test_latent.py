@@ -92,3 +92,23 @@ def test_the_shipped_config_loads():
     before, main_cfg = stages(cfg)
     assert [s.name for s in before] == ["autoencoder"] and before[0].config.task == "autoencoder"
     assert before[0].config.train.max_minutes == 10.0 and main_cfg.train.max_minutes == 15.0
+
+
+def test_resume_after_a_kill_in_the_stage_knows_the_runs_kind(tmp_path, monkeypatch):
+    """The run's config.yaml is written before its stages train, so `--resume` without CONFIG continues it."""
+    import difflab.train as train_module
+
+    run = tmp_path / "run"
+    real = train_module._Trainer.run
+
+    def interrupted(self):  # Ctrl-C while the autoencoder stage trains
+        if self.out.name == "autoencoder":
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(train_module._Trainer, "run", interrupted)
+    assert main(["train", "--out", str(run), "--no-progress", "--max-steps", "3", "--set", *LATENT]) == 130
+    assert "task: latent-text-to-image" in (run / "config.yaml").read_text()
+    monkeypatch.setattr(train_module._Trainer, "run", real)
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert io.is_finished(run / "autoencoder") and io.is_finished(run)
