@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from difflab.config import CascadeConfig, Config, SuperResConfig, apply_overrides
 from difflab.errors import UserError
@@ -112,8 +113,8 @@ class CascadeRun(SuperResolutionRun):
 
     task = "cascade"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, folder: Path, config: Config, model: nn.Module, checkpoint: Path) -> None:
+        super().__init__(folder, config, model, checkpoint)
         self.base: TextToImageRun | None = None  # set by load
 
     @classmethod
