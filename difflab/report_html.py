@@ -271,8 +271,9 @@ def metrics_section(ctx: ReportContext) -> tuple[str, str]:
     made = f" from {_fmt(ev['sampler'])}" if "sampler" in ev else ""
     made += f" with {_fmt(ev['steps'])} steps" if "steps" in ev else ""
     against = f"against {_fmt(ev['real_n'])} images of " if "real_n" in ev else "of "
-    how = (f"checkpoint step {_fmt(ev.get('checkpoint_step'))}; {_fmt(ev.get('n'))} {_fmt(ev.get('outputs', 'samples'))}"
-           f"{made}, seed {_fmt(ev.get('seed'))}, {against}{_fmt(ev.get('data'))}")
+    outputs = _fmt(ev.get("outputs", "samples"))
+    how = (f"checkpoint step {_fmt(ev.get('checkpoint_step'))}; {_fmt(ev.get('n'))} {outputs}{made}, "
+           f"seed {_fmt(ev.get('seed'))}, {against}{_fmt(ev.get('data'))}")
     body = f'<p class="note">{how}</p>' + _table(["metric", "value", "±", "samples"], _metric_rows(ev), numeric=(1, 2))
     notes = ev.get("notes") if isinstance(ev.get("notes"), dict) else {}
     body += "".join(f'<p class="note">{html.escape(str(k).upper())}: {html.escape(str(v))}</p>'

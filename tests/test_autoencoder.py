@@ -226,7 +226,8 @@ def test_ssim_and_psnr_on_hand_computed_cases():
     small = torch.randint(0, 100, (1, 1, 11, 11), generator=torch.Generator().manual_seed(1)).double()
     w = torch.exp(-(torch.arange(11) - 5.0) ** 2 / (2 * 1.5 ** 2)).double()
     w2 = torch.outer(w, w) / torch.outer(w, w).sum()
-    mu, var = float((w2 * small[0, 0]).sum()), float((w2 * small[0, 0] ** 2).sum()) - float((w2 * small[0, 0]).sum()) ** 2
+    mu = float((w2 * small[0, 0]).sum())
+    var = float((w2 * small[0, 0] ** 2).sum()) - mu ** 2
     c2 = (0.03 * 255) ** 2
     expected = (4 * mu * mu + c1) * (4 * var + c2) / ((5 * mu * mu + c1) * (5 * var + c2))
     assert ssim(small, 2 * small)[0] == pytest.approx(expected, rel=1e-10)
@@ -284,6 +285,9 @@ def test_vae_samples_like_an_image_run(vae_run, tmp_path, digits_features, capsy
     assert {"fid", "kid", "precision", "psnr", "ssim", "rfid"} <= set(m) and m["recon_n"] == 16
     assert main(["fid", str(vae_run), "--n", "16", "--features", str(digits_features)]) == 0
     assert "FID" in capsys.readouterr().out
+    assert main(["report", str(vae_run), "--no-progress"]) == 0
+    html = (vae_run / "report.html").read_text()
+    assert "decodes z ~ N(0, I)" in html and "Reconstructions" in html and "FID" in html
 
 
 @pytest.mark.parametrize("name, overrides", [
