@@ -51,6 +51,7 @@ from difflab.evaluate.features import FeatureNet, get_feature_extractor
 from difflab.evaluate.fid import extractor_for, fixed_subset
 from difflab.evaluate.reconstruction import reconstruction_metrics
 from difflab.models.autoencoder import KLAutoencoder, build_autoencoder, check_side
+from difflab.tasks import load_run, run_class
 from difflab.tasks.base import RunBase, Section, a_run
 from difflab.tasks.gaussian import load_network
 from difflab.tasks.image import image_channels, load_images
@@ -343,8 +344,6 @@ def load_autoencoder(folder: str | Path, device: torch.device | str = "cpu") -> 
     Raises:
         UserError: not a run folder, not an autoencoder run, no checkpoint yet.
     """
-    from difflab.tasks import load_run, run_class
-
     cfg, cls = run_class(folder)
     if not issubclass(cls, AutoencoderRun):
         raise UserError(f"{folder} is {a_run(cfg.task)}, not an autoencoder: pass the --out folder of `difflab train` "
