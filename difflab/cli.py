@@ -102,17 +102,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     if before and io.latest_checkpoint(args.out) is not None and not args.resume:
         raise UserError(f"{args.out} already holds a run with checkpoints: pass --resume to continue it, or choose "
                         "another --out")
-    if before and _is_main_process() and not (Path(args.out) / io.CONFIG_FILE).is_file():
-        io.write_config(Path(args.out), cfg)  # so that `--resume` after a kill in a stage knows the run's kind
-    for stage in before:  # e.g. latent diffusion's autoencoder: RUN/autoencoder, skipped once finished
-        folder = Path(args.out) / stage.name
-        if io.is_finished(folder):
-            continue
-        if _is_main_process():
-            print(f"stage {stage.name}: training {folder}")
-        train(build_task(stage.config, folder), folder, resume=io.latest_checkpoint(folder) is not None,
-              progress=not args.no_progress)
-    ckpt = train(build_task(cfg, args.out), args.out, resume=args.resume, progress=not args.no_progress)
+    with io.provisional_run(Path(args.out)):  # a fresh folder that fails before any checkpoint is removed again
+        if before and _is_main_process() and not (Path(args.out) / io.CONFIG_FILE).is_file():
+            io.write_config(Path(args.out), cfg)  # so that `--resume` after a kill in a stage knows the run's kind
+        for stage in before:  # e.g. latent diffusion's autoencoder: RUN/autoencoder, skipped once finished
+            folder = Path(args.out) / stage.name
+            if io.is_finished(folder):
+                continue
+            if _is_main_process():
+                print(f"stage {stage.name}: training {folder}")
+            train(build_task(stage.config, folder), folder, resume=io.latest_checkpoint(folder) is not None,
+                  progress=not args.no_progress)
+        ckpt = train(build_task(cfg, args.out), args.out, resume=args.resume, progress=not args.no_progress)
     if _is_main_process():
         print(f"trained {args.out}: checkpoint {ckpt}")
 

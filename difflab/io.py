@@ -68,6 +68,24 @@ def write_config(out: Path, cfg: Config) -> None:
     write_text_atomic(out / CONFIG_FILE, dump_config(cfg))
 
 
+def holds_checkpoints(run: Path) -> bool:
+    """Whether ``run`` or a stage folder inside it (``RUN/<name>``) holds a checkpoint."""
+    return run.is_dir() and any(latest_checkpoint(p) is not None for p in [run, *run.iterdir()] if p.is_dir())
+
+
+@contextlib.contextmanager
+def provisional_run(run: Path) -> Iterator[None]:
+    """Remove ``run`` again when it did not exist before the block and the block fails before any checkpoint
+    in it (its own or a stage's): a refused command leaves nothing behind."""
+    created = not run.exists()
+    try:
+        yield
+    except BaseException:
+        if created and not holds_checkpoints(run):
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+
+
 @contextlib.contextmanager
 def run_lock(run: Path) -> Iterator[None]:
     """Be the one writer of ``run`` while the block runs: an exclusive ``flock`` on ``RUN/.lock``.

@@ -99,16 +99,24 @@ def test_resume_after_a_kill_in_the_stage_knows_the_runs_kind(tmp_path, monkeypa
     import difflab.train as train_module
 
     run = tmp_path / "run"
-    real = train_module._Trainer.run
+    real = train_module._Trainer.train_step
 
-    def interrupted(self):  # Ctrl-C while the autoencoder stage trains
-        if self.out.name == "autoencoder":
+    def interrupted(self):  # Ctrl-C while the autoencoder stage trains, after its first checkpoint
+        if self.out.name == "autoencoder" and self.step == 2:
             raise KeyboardInterrupt
         return real(self)
 
-    monkeypatch.setattr(train_module._Trainer, "run", interrupted)
-    assert main(["train", "--out", str(run), "--no-progress", "--max-steps", "3", "--set", *LATENT]) == 130
+    monkeypatch.setattr(train_module._Trainer, "train_step", interrupted)
+    assert main(["train", "--out", str(run), "--no-progress", "--max-steps", "3", "--set", *LATENT,
+                 "train.checkpoint_every=1"]) == 130
     assert "task: latent-text-to-image" in (run / "config.yaml").read_text()
-    monkeypatch.setattr(train_module._Trainer, "run", real)
+    assert not io.is_finished(run / "autoencoder") and io.latest_checkpoint(run) is None
+    monkeypatch.setattr(train_module._Trainer, "train_step", real)
     assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
     assert io.is_finished(run / "autoencoder") and io.is_finished(run)
+
+
+def test_a_refused_multi_stage_train_leaves_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--no-progress", "--set", *LATENT, "model.autoencoder_overrides=[x=1]"]) == 2
+    assert "model.autoencoder_overrides" in capsys.readouterr().err and not run.exists()
