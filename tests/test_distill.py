@@ -280,7 +280,7 @@ def test_text_conditional(tmp_path):
     student = distill(run, 1, teacher_substeps=2, max_steps=2, overrides=QUICK, progress=False)  # 3 dpmpp-2m steps
     assert (student / TOKENIZER_FILE).read_text() == (run / TOKENIZER_FILE).read_text()
     loaded = load_run(student)
-    cfg, model = loaded.config, loaded.model
+    cfg = loaded.config
     assert cfg.distill.guidance == 3.0 and cfg.model.cond_drop_prob == 0.0
     images = loaded.sample(2, cond=["a red circle", ""], progress=False).data
     assert images.shape == (2, 16, 16, 3)

@@ -21,7 +21,8 @@ from difflab.models.unet import UNet
 from difflab.samplers import SAMPLERS, sample
 from difflab.schedules import make_schedule
 from difflab.tasks import build_task, load_run, stages
-from difflab.tasks.cascade import CascadeRun, base_config, is_stage
+from difflab.tasks import is_stage_name as is_stage
+from difflab.tasks.cascade import CascadeRun, base_config
 from difflab.tasks.super_resolution import (LowResolution, SuperResolutionRun, SuperResolutionTask,
                                             build_super_resolution_net, cut_tiles, low_res_condition, sampling_level,
                                             stitch_tiles)

@@ -104,6 +104,13 @@ def stages(cfg: Config) -> tuple[list[Stage], Config]:
     return own(cfg) if own is not None else ([], cfg)
 
 
+def is_stage_name(ref: str) -> bool:
+    """Whether a config's reference to a run is a stage's bare name (trained into RUN/<name>) rather than the path
+    of a trained run."""
+    path = Path(ref)
+    return not path.is_absolute() and len(path.parts) == 1 and ref not in (".", "..")
+
+
 def stage_folder(run: str | Path, ref: str | Path) -> Path:
     """A stage (or other run) a config names: a path relative to the run folder ``run`` (a stage, ``RUN/<name>``;
     ``..`` steps out of ``run`` even before it exists, e.g. ``../clip`` of a stage names a stage beside it),
@@ -195,4 +202,4 @@ def gaussian_task(cfg: Config) -> GaussianTask:
 
 
 __all__ = ["LEGACY_TASK", "TASKS", "Stage", "build_task", "evaluation_run", "gaussian_run", "gaussian_task", "load_run",
-           "resolve", "run_class", "run_classes", "sampling_run", "stage_folder", "stages", "task_name"]
+           "resolve", "run_class", "run_classes", "sampling_run", "is_stage_name", "stage_folder", "stages", "task_name"]

@@ -29,7 +29,7 @@ from torch import nn
 
 from difflab.config import CascadeConfig, Config, SuperResConfig, apply_overrides
 from difflab.errors import UserError
-from difflab.tasks import Stage, load_run, stage_folder
+from difflab.tasks import Stage, is_stage_name, load_run, stage_folder
 from difflab.tasks.base import GridRow, SampleRequest, Samples, a_run
 from difflab.tasks.super_resolution import LowResolution, SuperResolutionRun, SuperResolutionTask, check_super_res
 from difflab.tasks.text_to_image import TextToImageRun, default_prompts
@@ -56,18 +56,12 @@ def base_config(cfg: Config) -> Config:
         raise UserError(f"cascade.base_overrides: {e}") from None
 
 
-def is_stage(ref: str) -> bool:
-    """Whether ``cascade.base_run`` names a stage (a bare name, trained into RUN/<name>) rather than a run's path."""
-    path = Path(ref)
-    return not path.is_absolute() and len(path.parts) == 1 and ref not in (".", "..")
-
-
 def stages(cfg: Config) -> tuple[list[Stage], Config]:
     """The base text-to-image stage (unless ``cascade.base_run`` names a trained run), then the cascade's own
     super-resolution model; every check runs now, before the base trains."""
     check_cascade(cfg)
     ref = cfg.cascade.base_run
-    if is_stage(ref):
+    if is_stage_name(ref):
         return [Stage(ref, base_config(cfg))], cfg
     if not Path(ref).is_dir():
         raise UserError(f"cascade.base_run {ref} is not a run folder: name a trained text-to-image run, or a bare "
@@ -90,7 +84,7 @@ def load_base(folder: Path, cfg: Config, device: torch.device | str) -> TextToIm
     """The cascade's base run (``cascade.base_run``, a stage inside ``folder`` or a path), checked to make what
     the super-resolution stage upscales."""
     ref = cfg.cascade.base_run
-    path = folder / ref if is_stage(ref) else stage_folder(folder, ref)
+    path = folder / ref if is_stage_name(ref) else stage_folder(folder, ref)
     if not path.is_dir():
         raise UserError(f"the base run {path} of cascade {folder} does not exist: train the cascade with "
                         f"`difflab train CONFIG --out {folder}` (it trains its stages first), or set "

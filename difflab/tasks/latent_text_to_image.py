@@ -32,7 +32,7 @@ from difflab.data.images import to_uint8
 from difflab.errors import UserError
 from difflab.models.autoencoder import KLAutoencoder, check_side
 from difflab.models.unet import check_resolution
-from difflab.tasks import Stage, stage_folder
+from difflab.tasks import Stage, is_stage_name, stage_folder
 from difflab.tasks.autoencoder import encode_means, load_autoencoder
 from difflab.tasks.image import PREVIEW_SAMPLES, preview_grid
 from difflab.tasks.text_to_image import (TextToImageRun, TextToImageTask, build_text_unet, load_text_encoder,
@@ -44,12 +44,6 @@ AUTOENCODER_STAGE = "autoencoder"  # RUN/autoencoder: the stage trained first wh
 def autoencoder_ref(cfg: Config) -> str:
     """``model.autoencoder_run``, or the default stage's name."""
     return cfg.model.autoencoder_run or AUTOENCODER_STAGE
-
-
-def is_stage(ref: str) -> bool:
-    """Whether an autoencoder reference is a stage (a bare name, trained into RUN/<name>) rather than a run's path."""
-    path = Path(ref)
-    return not path.is_absolute() and len(path.parts) == 1 and ref not in (".", "..")
 
 
 def autoencoder_config(cfg: Config) -> Config:
@@ -65,7 +59,7 @@ def stages(cfg: Config) -> tuple[list[Stage], Config]:
     """The autoencoder stage (unless ``model.autoencoder_run`` names a trained run), then the latent denoiser."""
     ref = autoencoder_ref(cfg)
     main = replace(cfg, model=replace(cfg.model, autoencoder_run=ref))
-    if is_stage(ref):
+    if is_stage_name(ref):
         return [Stage(ref, autoencoder_config(cfg))], main
     if not Path(ref).is_dir():
         raise UserError(f"model.autoencoder_run {ref} is not a run folder: name a trained autoencoder run, or a bare "
@@ -76,7 +70,7 @@ def stages(cfg: Config) -> tuple[list[Stage], Config]:
 def autoencoder_folder(run: Path | None, cfg: Config) -> Path:
     """Where the autoencoder of a latent run (or of one about to train into ``run``) is."""
     ref = autoencoder_ref(cfg)
-    folder = (run / ref if run is not None else Path(ref)) if is_stage(ref) else stage_folder(run or Path("."), ref)
+    folder = (run / ref if run is not None else Path(ref)) if is_stage_name(ref) else stage_folder(run or Path("."), ref)
     if not folder.is_dir():
         raise UserError(f"the autoencoder {folder} of this latent-diffusion run does not exist: train the run with "
                         "`difflab train CONFIG --out RUN` (it trains its autoencoder stage first), or set "
