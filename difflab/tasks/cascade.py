@@ -32,7 +32,7 @@ from difflab.errors import UserError
 from difflab.tasks import Stage, is_stage_name, load_run, stage_folder
 from difflab.tasks.base import GridRow, SampleRequest, Samples, a_run
 from difflab.tasks.super_resolution import LowResolution, SuperResolutionRun, SuperResolutionTask, check_super_res
-from difflab.tasks.text_to_image import TextToImageRun, default_prompts
+from difflab.tasks.text_to_image import TextToImageRun, sample_prompts
 
 BASE_TASK = "text-to-image"
 
@@ -129,9 +129,7 @@ class CascadeRun(SuperResolutionRun):
         upscaled (``sr_steps``, else ``steps``, else the cascade's ``sample.steps``)."""
         assert self.base is not None, "load the cascade with CascadeRun.load"
         self.sampler_options(sampler, steps, {})
-        prompts = default_prompts(self.config, n, seed) if cond is None and n > 0 else list(cond or [])
-        if len(prompts) != n:
-            raise ValueError(f"{len(prompts)} prompts for {n} images")
+        prompts = sample_prompts(self.config, n, cond, seed)
         common = {"sampler": sampler, "seed": seed, "guidance": guidance, "batch_size": batch_size,
                   "progress": progress, **options}
         low = self.base.sample(n, cond=prompts, steps=steps, **common)  # (n, h, h, C)

@@ -42,7 +42,7 @@ from difflab.tasks import stage_folder
 from difflab.tasks.base import Samples, Section, a_run
 from difflab.tasks.clip import ClipRun, load_clip_run
 from difflab.tasks.gaussian import GaussianRunBase, algorithm1, load_network
-from difflab.tasks.text_to_image import TextToImageRun, default_prompts, is_empty
+from difflab.tasks.text_to_image import TextToImageRun, is_empty, sample_prompts
 
 
 # -- the CLIP it works in ------------------------------------------------------------------------
@@ -230,9 +230,7 @@ class PriorRun(GaussianRunBase):
                progress: bool = True, **options: Any) -> Samples:
         """``n`` unit image embeddings float32 (n, E) with their ``prompts``."""
         self.sampler_options(sampler, steps, {})
-        prompts = default_prompts(self.config, n, seed) if cond is None and n > 0 else list(cond or [])
-        if len(prompts) != n:
-            raise ValueError(f"{len(prompts)} prompts for {n} embeddings")
+        prompts = sample_prompts(self.config, n, cond, seed)
         z = self.embeddings(prompts, sampler=sampler, steps=steps, seed=seed, guidance=guidance,
                             batch_size=batch_size, progress=progress, **options)
         return Samples(F.normalize(z, dim=-1).cpu().numpy().astype(np.float32),

@@ -89,6 +89,15 @@ def default_prompts(cfg: Config, n: int, seed: int = 0) -> list[str]:
     return [texts[i] for i in pick]
 
 
+def sample_prompts(cfg: Config, n: int, cond: Any, seed: int) -> list[str]:
+    """The prompt of each of ``n`` samples: ``cond`` (n strings), or None = captions drawn from the data with
+    ``seed`` (:func:`default_prompts`)."""
+    prompts = default_prompts(cfg, n, seed) if cond is None and n > 0 else list(cond or [])
+    if len(prompts) != n:
+        raise ValueError(f"{len(prompts)} prompts for {n} samples")
+    return prompts
+
+
 class TextToImageTask:
     """Caption-conditioned image diffusion on an in-memory captioned dataset."""
 
@@ -180,9 +189,7 @@ class TextToImageRun(ImageRun):
                progress: bool = True, **options: Any) -> Samples:
         """``n`` images uint8 (n, H, W, C) with their ``prompts``."""
         self.sampler_options(sampler, steps, {})
-        prompts = default_prompts(self.config, n, seed) if cond is None and n > 0 else list(cond or [])
-        if len(prompts) != n:
-            raise ValueError(f"{len(prompts)} prompts for {n} images")
+        prompts = sample_prompts(self.config, n, cond, seed)
 
         def cond_of(start: int, stop: int) -> Cond:
             return prompt_condition(self.model, prompts[start:stop], self.device)

@@ -50,7 +50,7 @@ from difflab.tasks.clip import ClipRun, clip_config, load_clip_run
 from difflab.tasks.gaussian import algorithm1, load_network
 from difflab.tasks.image import PREVIEW_SAMPLES, build_unet, image_channels, load_images, preview_grid
 from difflab.tasks.prior import PriorRun, clip_folder, embed_dim, image_embeddings, named_run
-from difflab.tasks.text_to_image import TextToImageRun, default_prompts, is_empty
+from difflab.tasks.text_to_image import TextToImageRun, is_empty, sample_prompts
 
 CLIP_STAGE = "clip"  # RUN/clip
 PRIOR_STAGE = "prior"  # RUN/prior
@@ -284,9 +284,7 @@ class UnclipRun(TextToImageRun):
             raise UserError(f"the prior's guidance must be zero or more, got {prior_guidance}: e.g. --prior-guidance 3")
         if prior_steps is not None and prior_steps < 1:
             raise UserError(f"the prior's steps must be positive, got {prior_steps}: e.g. --prior-steps 32")
-        prompts = default_prompts(self.config, n, seed) if cond is None and n > 0 else list(cond or [])
-        if len(prompts) != n:
-            raise ValueError(f"{len(prompts)} prompts for {n} images")
+        prompts = sample_prompts(self.config, n, cond, seed)
         p = self.config.prior
         z = self.prior.embeddings(prompts, sampler=p.sampler, steps=prior_steps or p.steps, seed=seed,
                                   guidance=p.guidance if prior_guidance is None else prior_guidance,
