@@ -1,5 +1,5 @@
 """Latent diffusion (task latent-text-to-image): one command trains the autoencoder stage and the denoiser on its
-scaled latents; sampling decodes 16x16 latents... here 4x4 latents of 16x16 shapes, tiny."""
+scaled latents; sampling decodes them (here tiny: 4x4x4 latents of 16x16 shapes)."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from difflab import files
 from difflab.config import Config
 from difflab.data import captioned_pairs, load_dataset
 from difflab.data.images import to_model_range
@@ -249,12 +250,7 @@ def read_prompts(prompts: Sequence[str] | None, path: str | None) -> list[str]:
     """``prompts`` then the lines of the text file ``path`` (blank lines skipped)."""
     out = list(prompts or [])
     if path:
-        if not Path(path).is_file():
-            raise UserError(f"prompts file {path} not found: pass a text file with one prompt per line")
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"prompts file {path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+        text = files.read_text(path, "prompts file", "pass a text file with one prompt per line")
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         if not lines:
             raise UserError(f"prompts file {path} holds no prompt: write one prompt per line")
