@@ -93,15 +93,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from difflab import io
     from difflab.files import check_output
     from difflab.tasks import build_task, stages
-    from difflab.train import check_train_config, train
+    from difflab.train import check_fresh, check_train_config, train
 
     cfg = _train_config(args)
     check_train_config(cfg.train)
     check_output(args.out, "run folder", folder=True)
     before, cfg = stages(cfg)
-    if before and io.latest_checkpoint(args.out) is not None and not args.resume:
-        raise UserError(f"{args.out} already holds a run with checkpoints: pass --resume to continue it, or choose "
-                        "another --out")
+    if before:  # before its stages train
+        check_fresh(Path(args.out), args.resume)
     with io.provisional_run(Path(args.out)):  # a fresh folder that fails before any checkpoint is removed again
         if before and _is_main_process() and not (Path(args.out) / io.CONFIG_FILE).is_file():
             io.write_config(Path(args.out), cfg)  # so that `--resume` after a kill in a stage knows the run's kind

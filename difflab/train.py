@@ -328,6 +328,13 @@ class _Trainer:
             self.end_trackers()
 
 
+def check_fresh(out: Path, resume: bool) -> None:
+    """One line when ``out`` already holds a run with checkpoints and ``resume`` is not asked for."""
+    if not resume and io.latest_checkpoint(out) is not None:
+        raise UserError(f"{out} already holds a run with checkpoints: pass --resume to continue it, or choose "
+                        "another --out")
+
+
 def train(task: Task, out: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
     """Train ``task`` into the run folder ``out``; returns the last checkpoint folder.
 
@@ -340,9 +347,7 @@ def train(task: Task, out: str | Path, *, resume: bool = False, progress: bool =
     out = Path(out)
     from_dict(Config, to_dict(task.config))  # the rules of every value, for configs built in code too
     check_train_config(task.config.train)
-    if not resume and io.latest_checkpoint(out) is not None:
-        raise UserError(f"{out} already holds a run with checkpoints: pass --resume to continue it, or choose "
-                        "another --out")
+    check_fresh(out, resume)
     with io.run_lock(out) if PartialState().is_main_process else contextlib.nullcontext():
         trainer = _Trainer(task, out, resume, progress)
         trainer.run()
