@@ -247,12 +247,18 @@ def test_difflab_upscale_writes_a_png_four_times_the_size(cascade_run, tmp_path,
     assert im.size == (4 * 36, 4 * 20) and im.mode == "RGB"
 
 
-def test_super_resolution_run_samples_held_out_images_and_refuses_prompts(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def sr_run(tmp_path_factory):
     """task super-resolution alone, unconditional (no text encoder), 16 -> 32."""
-    run = tmp_path / "sr"
+    run = tmp_path_factory.mktemp("sr") / "run"
     assert main(["train", "--out", str(run), "--no-progress", "--max-steps", "3", "--set", *TINY,
                  "task=super-resolution", "data.name=shapes", "data.size=64", "data.resolution=32",
                  "train.batch_size=8", "sample.steps=2"]) == 0
+    return run
+
+
+def test_super_resolution_run_samples_held_out_images_and_refuses_prompts(sr_run, tmp_path, capsys):
+    run = sr_run
     loaded = load_run(run)
     assert isinstance(loaded, SuperResolutionRun) and not loaded.conditional and loaded.factor == 2
     s = loaded.sample(3, seed=1, progress=False)
@@ -290,3 +296,47 @@ def test_cascade_eval_measures_the_final_images_like_text_to_image(cascade_run, 
     m = evaluate_run(cascade_run, n=MIN_SAMPLES, steps=1, write=False, progress=False)
     assert seen == {"images": (MIN_SAMPLES, 64, 64, 3), "prompts": MIN_SAMPLES}
     assert m["fid"] == 1.0 and m["clip_score"] == 2.0 and json.dumps(m)
+
+
+def test_held_out_images_come_with_their_originals_without_repeats(sr_run):
+    from difflab.tasks.super_resolution import downsample
+    from difflab.data.images import to_model_range, to_uint8
+
+    run = load_run(sr_run)
+    low = run.held_out(12, seed=3)
+    assert low.originals.shape == (12, 32, 32, 3) and low.images.shape == (12, 16, 16, 3)
+    assert len({o.tobytes() for o in low.originals}) == 12  # drawn without replacement
+    again = to_uint8(downsample(to_model_range(torch.from_numpy(low.originals).permute(0, 3, 1, 2)), 16))
+    assert np.array_equal(again.permute(0, 2, 3, 1).numpy(), low.images)  # the low images are the originals, averaged
+
+
+def test_fidelity_compares_with_the_interpolation_the_network_sees(sr_run):
+    """PSNR/SSIM of upscaled images against the originals, beside bicubic's on the same low-resolution images."""
+    import torch.nn.functional as F
+    from difflab.data.images import to_model_range, to_uint8
+    from difflab.evaluate.reconstruction import PSNR_CAP_DB
+
+    run = load_run(sr_run)
+    low = run.held_out(6, seed=0)
+    x = to_model_range(torch.from_numpy(low.images).permute(0, 3, 1, 2))
+    bicubic = to_uint8(F.interpolate(x, size=(32, 32), mode="bicubic", align_corners=False)).permute(0, 2, 3, 1)
+    assert np.array_equal(run.interpolate(low), bicubic.numpy())
+    same = run.fidelity(low, run.interpolate(low))
+    assert same["baseline"] == "bicubic" and same["psnr"] == same["baseline_psnr"] and same["ssim"] == same["baseline_ssim"]
+    perfect = run.fidelity(low, low.originals)
+    assert perfect["psnr"] == PSNR_CAP_DB and perfect["ssim"] == pytest.approx(1.0)
+    assert perfect["baseline_psnr"] < PSNR_CAP_DB
+    with pytest.raises(ValueError, match="originals"):
+        run.fidelity(LowResolution(low.images), low.originals)
+
+
+def test_super_resolution_eval_reports_fidelity_beside_the_baseline(sr_run, monkeypatch):
+    from difflab.evaluate.run_eval import MIN_SAMPLES
+    from difflab.measure import evaluate_run
+    from difflab.tasks import image as image_task
+
+    monkeypatch.setattr(image_task.ImageRun, "check_metrics", lambda self, **_: None)
+    monkeypatch.setattr(image_task, "evaluate_images", lambda images, **kw: {"fid": 1.0})
+    m = evaluate_run(sr_run, n=MIN_SAMPLES, steps=1, write=False, progress=False)
+    assert m["fid"] == 1.0 and m["baseline"] == "bicubic" and m["outputs"] == "upscaled test images"
+    assert 0 < m["psnr"] and 0 < m["baseline_psnr"] and -1 <= m["ssim"] <= 1 and json.dumps(m)

@@ -13,11 +13,12 @@ from torch import Tensor
 from difflab.data.digits import load_digits_dataset
 from difflab.data.idx import load_idx_dataset
 from difflab.data.image_folder import load_image_folder
+from difflab.data.photos import load_photos_dataset
 from difflab.data.images import ImageDataset
 from difflab.data.shapes import load_shapes_dataset
 from difflab.errors import UserError
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "image-folder", "shapes")
+DATASETS = ("digits", "mnist", "fashion-mnist", "image-folder", "photos", "shapes")
 SPLITS = ("train", "test")
 
 __all__ = ["DATASETS", "ImageDataset", "captioned_pairs", "load_dataset"]
@@ -45,6 +46,8 @@ def load_dataset(name: str, *, path: str | None = None, resolution: int | None =
             ``/usr/share/datasets/fashion-mnist``, from ``make data``),
             "image-folder" (every image under ``path``; classes from sub-folders, captions from
             metadata.jsonl; it has no held-out part, so "test" gives the same images as "train"),
+            "photos" (patches of scikit-image's bundled photos, the test split from photos training never
+            sees, see :mod:`difflab.data.photos`; ``path`` ignored),
             "shapes" (captioned shapes rendered in memory, see :mod:`difflab.data.shapes`; ``path`` ignored).
         path: the dataset's folder; None = its default place.
         resolution: square side in pixels; None = native (8 digits, 28 MNIST family, 32 image-folder
@@ -68,6 +71,8 @@ def load_dataset(name: str, *, path: str | None = None, resolution: int | None =
         return load_digits_dataset(resolution=resolution, channels=channels, split=split)
     if name == "image-folder":
         return load_image_folder(path, resolution=resolution, channels=channels, split=split)
+    if name == "photos":
+        return load_photos_dataset(resolution, channels, split)
     if name == "shapes":
         return load_shapes_dataset(resolution, channels, split, size=size, holdout=holdout)
     return load_idx_dataset(name, path=path, resolution=resolution, channels=channels, split=split)

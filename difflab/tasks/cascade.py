@@ -136,6 +136,8 @@ class CascadeRun(SuperResolutionRun):
         return super().sample(n, cond=LowResolution(low.data, prompts), steps=sr_steps or steps,
                               aug_level=aug_level, **common)
 
+    evaluate = TextToImageRun.evaluate  # the final images from prompts, measured as text-to-image's
+
     def grid_rows(self, rows: int, seed: int) -> list[GridRow]:
         return TextToImageRun.grid_rows(self, rows, seed)
 

@@ -41,6 +41,7 @@ from difflab import grids, report_html
 from difflab.config import Config
 from difflab.data.images import to_model_range, to_uint8
 from difflab.denoisers import Cond
+from difflab.evaluate.reconstruction import reconstruction_metrics
 from difflab.errors import UserError
 from difflab.files import check_output, require_file
 from difflab.models.super_resolution import LowResConditionedUNet
@@ -201,6 +202,7 @@ class LowResolution:
 
     images: np.ndarray
     prompts: Sequence[str] | None = None
+    originals: np.ndarray | None = None  # uint8 (N, H, H, C) the images were made from, when known (held out)
 
 
 class SuperResolutionRun(TextToImageRun):
@@ -231,13 +233,52 @@ class SuperResolutionRun(TextToImageRun):
         return self.config.data.resolution // self.config.super_res.low_resolution
 
     def held_out(self, n: int, seed: int = 0) -> LowResolution:
-        """``n`` test images of the run's data (drawn with ``seed``), averaged down to the low resolution, with
-        their captions."""
+        """``n`` test images of the run's data (drawn with ``seed``, without replacement while the split has that
+        many), averaged down to the low resolution, with their captions and the originals."""
         dataset = load_images(self.config, split="test")
-        pick = np.random.default_rng(seed).integers(0, len(dataset.images), size=n)
-        x_low = downsample(to_model_range(dataset.images[torch.from_numpy(pick)]), self.low_shape[0])  # (n, C, h, h)
-        prompts = [dataset.texts[i] for i in pick] if self.conditional and dataset.texts else None
-        return LowResolution(to_uint8(x_low).permute(0, 2, 3, 1).numpy(), prompts)  # (n, h, h, C)
+        N = len(dataset.images)
+        pick = torch.from_numpy(np.random.default_rng(seed).choice(N, size=n, replace=n > N))  # (n,)
+        originals = dataset.images[pick]  # (n, C, H, W)
+        x_low = downsample(to_model_range(originals), self.low_shape[0])  # (n, C, h, h)
+        prompts = [dataset.texts[i] for i in pick.tolist()] if self.conditional and dataset.texts else None
+        return LowResolution(to_uint8(x_low).permute(0, 2, 3, 1).numpy(), prompts,  # (n, h, h, C)
+                             originals.permute(0, 2, 3, 1).numpy())  # (n, H, H, C)
+
+    def interpolate(self, low: LowResolution) -> np.ndarray:
+        """The baseline of super-resolution: the low-resolution images upsampled by ``super_res.upsample`` (the
+        interpolation the network sees its input through), uint8 (N, H, H, C)."""
+        x_low = to_model_range(torch.from_numpy(low.images).permute(0, 3, 1, 2))  # (N, C, h, h)
+        H = self.config.data.resolution
+        up = F.interpolate(x_low, size=(H, H), mode=self.config.super_res.upsample, align_corners=False)
+        return to_uint8(up).permute(0, 2, 3, 1).numpy()  # (N, H, H, C)
+
+    def fidelity(self, low: LowResolution, upscaled: np.ndarray) -> dict[str, Any]:
+        """PSNR and SSIM of ``upscaled`` (N, H, H, C) against ``low.originals``, and those of :meth:`interpolate`
+        ("baseline", e.g. bicubic) on the same images: super-resolution is worth it where it beats the baseline."""
+        if low.originals is None:
+            raise ValueError("fidelity needs the originals of the low-resolution images (held_out gives them)")
+        truth = torch.from_numpy(low.originals).permute(0, 3, 1, 2)  # (N, C, H, W)
+        sr = reconstruction_metrics(truth, torch.from_numpy(upscaled).permute(0, 3, 1, 2), progress=False)
+        base = reconstruction_metrics(truth, torch.from_numpy(self.interpolate(low)).permute(0, 3, 1, 2),
+                                      progress=False)
+        return {"psnr": sr["psnr"], "ssim": sr["ssim"], "baseline": self.config.super_res.upsample,
+                "baseline_psnr": base["psnr"], "baseline_ssim": base["ssim"]}
+
+    def evaluate(self, n: int, *, seed: int = 0, sampler: str | None = None, steps: int | None = None,
+                 batch_size: int | None = None, data: str | None = None, data_path: str | None = None,
+                 features: str | Path | None = None, clip_run: str | Path | None = None, progress: bool = True,
+                 **options: Any) -> dict[str, Any]:
+        """The image metrics (:meth:`metrics`) of ``n`` held-out test images upscaled, and their :meth:`fidelity`
+        to the originals beside the interpolation baseline's."""
+        self.check_metrics(data=data, data_path=data_path, features=features)
+        low = self.held_out(n, seed)
+        samples = self.sample(n, cond=low, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
+                              progress=progress, **options)
+        metrics = self.metrics(samples, data=data, data_path=data_path, features=features, clip_run=clip_run,
+                               progress=progress)
+        return {"data": metrics.pop("data"), "outputs": "upscaled test images",
+                **self.made_with(sampler, options.get("sr_steps") or steps), **metrics,
+                **self.fidelity(low, samples.data)}
 
     def _check_low(self, low: LowResolution) -> None:
         images, n = low.images, len(low.images)
