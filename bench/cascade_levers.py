@@ -1,0 +1,151 @@
+"""The cascade's two Imagen levers, measured on the shipped cascade (configs/shapes64_cascade.yaml):
+
+    python bench/cascade_levers.py          # needs bench/results/framings/cascade (python bench/framings.py
+                                            # --systems cascade); trains the ablation's stage (10 CPU-minutes)
+
+1. **Noise-conditioning augmentation.** The super-resolution stage trained again without it
+   (``super_res.noise_aug=false``, same base run, same budget), against the shipped stage at sampling levels
+   0, 0.1 (shipped) and 0.3. Every row upscales *the same* 16x16 base images (one base draw for ``--n`` grammar
+   prompts), so the rows differ only in the stage: all-four-attribute accuracy, FID@n against the 64x64 training
+   images, and PSNR of the stage to the ground truth on held-out 64x64 shapes (their 16x16 versions upscaled).
+2. **Dynamic thresholding.** The base at guidance 1, 3 and 7, with static thresholding (x0 clipped to [-1, 1])
+   and with Imagen's dynamic thresholding at the 99.5th percentile, then the shipped stage: accuracy, FID, and
+   saturation: the share of pixel channels at 0 or 255 of the base's 16x16 images, beside that of real 16x16
+   shapes (the reference), and the mean HSV saturation of the final images. A grid of both at each guidance:
+   bench/figures/cascade-thresholding.png.
+
+Results: bench/results/cascade-levers-<date>.json and markdown tables on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from difflab import grids  # noqa: E402
+from difflab.data import load_dataset  # noqa: E402
+from difflab.evaluate.fid import compute_fid  # noqa: E402
+from difflab.tasks import sampling_run  # noqa: E402
+from difflab.tasks.super_resolution import LowResolution, SuperResolutionRun  # noqa: E402
+from framings import train_system  # noqa: E402
+from text_to_image import BENCH_SEED, grammar_prompts  # noqa: E402
+
+CONFIG = "configs/shapes64_cascade.yaml"
+LEVELS = (0.0, 0.1, 0.3)  # sampling augmentation levels of the shipped stage
+GUIDANCE = (1.0, 3.0, 7.0)
+PERCENTILE = 99.5  # Imagen's
+FIDELITY_N = 200  # held-out 64x64 shapes for the PSNR of the stage
+GRID_PROMPTS = 4
+GRID_PER_PROMPT = 4
+
+
+def clipped_share(images: np.ndarray) -> float:
+    """Share of uint8 pixel channels at 0 or 255 (what static thresholding piles up at guidance > 1)."""
+    return float(((images == 0) | (images == 255)).mean())
+
+
+def hsv_saturation(images: np.ndarray) -> float:
+    """Mean HSV saturation (max - min) / max of uint8 RGB images (N, H, W, 3), black pixels counted as 0."""
+    x = images.astype(np.float64)
+    hi, lo = x.max(-1), x.min(-1)
+    return float(np.where(hi > 0, (hi - lo) / np.maximum(hi, 1), 0).mean())
+
+
+def upscale(stage: SuperResolutionRun, low: np.ndarray, prompts: list[str], level: float | None) -> np.ndarray:
+    """The super-resolution stage alone on given 16x16 images (its own sampler settings)."""
+    return SuperResolutionRun.sample(stage, len(low), cond=LowResolution(low, prompts), aug_level=level,
+                                     seed=BENCH_SEED, progress=False).data
+
+
+def measure(stage, images: np.ndarray, prompts: list[str]) -> dict:
+    """All-four accuracy (and per attribute) and FID of final 64x64 images."""
+    from difflab.tasks.base import Samples
+
+    samples = Samples(images, {"prompts": np.asarray(prompts, dtype=str), "labels": np.full(len(images), -1)})
+    m = stage.prompt_metrics(samples, progress=False)
+    return {"attr_all": m["attr_all"], **{k: m[k] for k in m if k.startswith("attr_") and k != "attr_n"},
+            "fid": compute_fid(images, data="shapes", resolution=stage.config.data.resolution, progress=False)}
+
+
+def fidelity(stage: SuperResolutionRun, level: float | None) -> float:
+    """PSNR of the stage on FIDELITY_N held-out shapes (ground truth known), at sampling level ``level``."""
+    low = SuperResolutionRun.held_out(stage, FIDELITY_N, BENCH_SEED)
+    up = SuperResolutionRun.upscale(stage, low, aug_level=level, seed=BENCH_SEED, progress=False)
+    return stage.fidelity(low, up)["psnr"]
+
+
+def table(rows: list[dict], first: str, extra: list[tuple[str, str]]) -> str:
+    head = f"| {first} | all four | size | color | shape | position | FID | " + " | ".join(h for h, _ in extra)
+    lines = [f"| {r['row']} | {100 * r['attr_all']:.1f}% | {100 * r['attr_size']:.1f}% | {100 * r['attr_color']:.1f}% "
+             f"| {100 * r['attr_shape']:.1f}% | {100 * r['attr_position']:.1f}% | {r['fid']:.2f} | "
+             + " | ".join(fmt.format(r[k]) for k, fmt in extra) + " |" for r in rows]
+    return "\n".join([head + " |", "|---" * (7 + len(extra)) + "|", *lines])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=500, help="grammar prompts (one image each) per row")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = p.parse_args()
+    shipped = args.out / "framings" / "cascade"
+    if not (shipped / "base").is_dir():
+        raise SystemExit(f"{shipped} is not trained: run python bench/framings.py --systems cascade first")
+    ablation = args.out / "cascade_levers" / "no_noise_aug"
+    train_system(ablation, CONFIG, ["super_res.noise_aug=false", f"cascade.base_run={shipped / 'base'}"])
+    with_aug, without = sampling_run(shipped), sampling_run(ablation)
+    prompts, _ = grammar_prompts(args.n, BENCH_SEED)
+    base = with_aug.base
+    low = base.sample(args.n, cond=prompts, seed=BENCH_SEED, progress=False).data  # shipped base settings
+    aug_rows = []
+    for stage, level, name in [(without, None, "no augmentation (trained clean, level 0)"),
+                               *[(with_aug, s, f"augmentation, sampling level {s}") for s in LEVELS]]:
+        row = {"row": name, **measure(stage, upscale(stage, low, prompts, level), prompts),
+               "psnr": fidelity(stage, level)}
+        aug_rows.append(row)
+        print(table([row], "super-resolution stage", [("PSNR (dB)", "{:.2f}")]), flush=True)
+
+    real16 = load_dataset("shapes", resolution=base.config.data.resolution, split="test").images
+    real_share = clipped_share(real16.permute(0, 2, 3, 1).numpy())
+    threshold_rows, grid_blocks, grid_captions = [], [], []
+    grid_prompts = prompts[:GRID_PROMPTS]
+    grid_cond = [q for q in grid_prompts for _ in range(GRID_PER_PROMPT)]
+    for g in GUIDANCE:
+        for percentile, name in [(0, "static (clip to [-1, 1])"), (PERCENTILE, f"dynamic, p{PERCENTILE}")]:
+            small = base.sample(args.n, cond=prompts, seed=BENCH_SEED, guidance=g, dynamic_threshold=percentile,
+                                progress=False).data
+            final = upscale(with_aug, small, prompts, None)
+            row = {"row": f"guidance {g:g}, {name}", "guidance": g, "dynamic_threshold": percentile or None,
+                   **measure(with_aug, final, prompts), "clipped_share_base": clipped_share(small),
+                   "clipped_share_real": real_share, "hsv_saturation": hsv_saturation(final)}
+            threshold_rows.append(row)
+            print(table([row], "base sampling", [("clipped (base)", "{:.3f}"), ("HSV sat.", "{:.3f}")]), flush=True)
+            demo = base.sample(len(grid_cond), cond=grid_cond, seed=BENCH_SEED + 1, guidance=g,
+                               dynamic_threshold=percentile, progress=False).data
+            grid_blocks.append(upscale(with_aug, demo, grid_cond, None))
+            grid_captions += [f"guidance {g:g}, {name}: {q}" for q in grid_prompts]
+    fig = ROOT / "bench" / "figures" / "cascade-thresholding.png"
+    grids.save_png(fig, grids.captioned_grid(np.concatenate(grid_blocks), grid_captions, GRID_PER_PROMPT))
+    date = datetime.date.today().isoformat()
+    res = {"date": date, "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+           "torch": torch.__version__, "n": args.n, "fidelity_n": FIDELITY_N, "config": CONFIG,
+           "noise_aug": aug_rows, "thresholding": threshold_rows, "figure": str(fig.relative_to(ROOT))}
+    (args.out / f"cascade-levers-{date}.json").write_text(json.dumps(res, indent=1))
+    print(table(aug_rows, "super-resolution stage", [("PSNR (dB)", "{:.2f}")]))
+    print(table(threshold_rows, "base sampling", [("clipped (base)", "{:.3f}"), ("HSV sat.", "{:.3f}")]))
+    print(f"real 16x16 shapes: clipped share {real_share:.3f}; figure: {res['figure']}")
+
+
+if __name__ == "__main__":
+    main()
