@@ -354,8 +354,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                                    "in the feature space of difflab's per-dataset classifier; text-to-image runs "
                                    "also get the CLIP score of their prompts (difflab's own CLIP) and, on shapes, "
                                    "attribute accuracy; autoencoder runs get PSNR, SSIM and rFID of --n reconstructed "
-                                   "test images instead (vae runs both); prints a table and updates RUN/metrics.json "
-                                   "(other keys in it are kept).")
+                                   "test images instead (vae runs both); super-resolution runs also PSNR and SSIM "
+                                   "of upscaled test images against the originals, beside bicubic's; prints a table "
+                                   "and updates RUN/metrics.json (other keys in it are kept).")
     p.add_argument("run", help="run folder written by `difflab train`")
     p.add_argument("--data", help="reference dataset (default: the run's data.name)")
     p.add_argument("--data-path", help="folder of the reference dataset")
