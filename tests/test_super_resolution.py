@@ -340,3 +340,5 @@ def test_super_resolution_eval_reports_fidelity_beside_the_baseline(sr_run, monk
     m = evaluate_run(sr_run, n=MIN_SAMPLES, steps=1, write=False, progress=False)
     assert m["fid"] == 1.0 and m["baseline"] == "bicubic" and m["outputs"] == "upscaled test images"
     assert 0 < m["psnr"] and 0 < m["baseline_psnr"] and -1 <= m["ssim"] <= 1 and json.dumps(m)
+    from difflab.evaluate.run_eval import format_table
+    assert "PSNR base" in format_table(m) and "bicubic interpolation of the same inputs" in format_table(m)

@@ -53,6 +53,7 @@ _TABLE = (("FID", "fid", ".3f"), ("KID", "kid", ".5f"), ("precision", "precision
           ("shape", "attr_shape", ".4f"), ("position", "attr_position", ".4f"),
           ("data NLL", "data_nll", ".4f"), ("entropy H", "entropy", ".4f"),
           ("PSNR (dB)", "psnr", ".2f"), ("SSIM", "ssim", ".4f"), ("rFID", "rfid", ".3f"),
+          ("PSNR base", "baseline_psnr", ".2f"), ("SSIM base", "baseline_ssim", ".4f"),  # super-resolution's baseline
           ("z scale", "latent_scale", ".5f"))  # reconstructions (difflab.evaluate.reconstruction)
 _NOTE_OF = {"precision": "prdc"}  # the note of a row, where its key is not the row's: PRDC's prints once
 
@@ -207,6 +208,8 @@ def format_table(metrics: dict[str, Any]) -> str:
             extra.append("no spread over subsets")
         if key == "clip_retrieval" and metrics.get("clip_retrieval_chance") is not None:
             extra.append(f"chance {metrics['clip_retrieval_chance']:{fmt}}")
+        if key.startswith("baseline_") and metrics.get("baseline"):
+            extra.append(f"{metrics['baseline']} interpolation of the same inputs")
         if note := notes.get(_NOTE_OF.get(key, key)):
             extra.append(note)
         rows.append(f"{label:<10} {value}" + (f" ({'; '.join(extra)})" if extra else ""))
