@@ -1,10 +1,11 @@
 """The cascade's two Imagen levers, measured on the shipped cascade (configs/shapes64_cascade.yaml):
 
     python bench/cascade_levers.py          # needs bench/results/framings/cascade (python bench/framings.py
-                                            # --systems cascade); trains the ablation's stage (10 CPU-minutes)
+                                            # --systems cascade); trains the ablation's stage
 
 1. **Noise-conditioning augmentation.** The super-resolution stage trained again without it
-   (``super_res.noise_aug=false``, same base run, same budget), against the shipped stage at sampling levels
+   (``super_res.noise_aug=false``, same base run, the same number of optimizer steps as the shipped stage, so
+   the comparison does not depend on how busy the machine is), against the shipped stage at sampling levels
    0, 0.1 (shipped) and 0.3. Every row upscales *the same* 16x16 base images (one base draw for ``--n`` grammar
    prompts), so the rows differ only in the stage: all-four-attribute accuracy, FID@n against the 64x64 training
    images, and PSNR of the stage to the ground truth on held-out 64x64 shapes (their 16x16 versions upscaled).
@@ -40,6 +41,7 @@ from difflab.evaluate.fid import compute_fid  # noqa: E402
 from difflab.tasks import sampling_run  # noqa: E402
 from difflab.tasks.super_resolution import LowResolution, SuperResolutionRun  # noqa: E402
 from framings import train_system  # noqa: E402
+from runs import run_summary  # noqa: E402
 from text_to_image import BENCH_SEED, grammar_prompts  # noqa: E402
 
 CONFIG = "configs/shapes64_cascade.yaml"
@@ -103,7 +105,10 @@ def main() -> None:
     if not (shipped / "base").is_dir():
         raise SystemExit(f"{shipped} is not trained: run python bench/framings.py --systems cascade first")
     ablation = args.out / "cascade_levers" / "no_noise_aug"
-    train_system(ablation, CONFIG, ["super_res.noise_aug=false", f"cascade.base_run={shipped / 'base'}"])
+    steps = run_summary(shipped)["steps"]  # the same optimizer steps as the shipped stage, however long they take
+    train_system(ablation, CONFIG, ["super_res.noise_aug=false", f"cascade.base_run={shipped / 'base'}",
+                                    f"train.max_steps={steps}", "train.max_minutes=1000",
+                                    f"train.checkpoint_every={steps}"])
     with_aug, without = sampling_run(shipped), sampling_run(ablation)
     prompts, _ = grammar_prompts(args.n, BENCH_SEED)
     base = with_aug.base

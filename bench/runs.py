@@ -33,7 +33,8 @@ def train_process(out: Path, config: str | Path, minutes: float, overrides: list
     """:func:`train_for` in a process of its own (`difflab train`), so its peak memory is its own."""
     if not io.is_finished(out):
         cmd = [sys.executable, "-m", "difflab.cli", "train", str(config), "--out", str(out), "--max-minutes",
-               str(minutes), "--max-steps", "10000000", "--no-progress", "--resume", "--set", *overrides]
+               str(minutes), "--max-steps", "10000000", "--no-progress", "--resume",
+               *(["--set", *overrides] if overrides else [])]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
     return run_summary(out)
