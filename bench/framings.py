@@ -143,6 +143,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=500, help="grammar prompts (one image each) per system")
     p.add_argument("--score-only", action="store_true", help="score runs already trained, train nothing")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--grid", type=Path, default=ROOT / "bench" / "figures" / "framings-grid.png",
+                   help="the comparison grid of the systems scored")
+    p.add_argument("--name", default="framings", help="results file: OUT/NAME-<date>.json")
     args = p.parse_args()
     date = datetime.date.today().isoformat()
     work = args.out / "framings"
@@ -159,8 +162,8 @@ def main() -> None:
     rows = {r["system"]: r for r in res["rows"]}
     if "latent" in rows and "pixel" in rows:
         res["latent_speedup"] = rows["pixel"]["sec_per_image_shared"] / rows["latent"]["sec_per_image_shared"]
-    res["grid"] = str(comparison_grid(folders, ROOT / "bench" / "figures" / "framings-grid.png").relative_to(ROOT))
-    (args.out / f"framings-{date}.json").write_text(json.dumps(res, indent=1))
+    res["grid"] = str(comparison_grid(folders, args.grid.resolve()).relative_to(ROOT))
+    (args.out / f"{args.name}-{date}.json").write_text(json.dumps(res, indent=1))
     print(table(res["rows"]))
     if "latent_speedup" in res:
         print(f"latent diffusion samples a 64x64 image {res['latent_speedup']:.2f}x faster than the pixel model "

@@ -342,3 +342,20 @@ def test_super_resolution_eval_reports_fidelity_beside_the_baseline(sr_run, monk
     assert 0 < m["psnr"] and 0 < m["baseline_psnr"] and -1 <= m["ssim"] <= 1 and json.dumps(m)
     from difflab.evaluate.run_eval import format_table
     assert "PSNR base" in format_table(m) and "bicubic interpolation of the same inputs" in format_table(m)
+
+
+def test_patches_wider_than_the_channels_warn():
+    """A 4x4x3 patch (48 values) packed into 32 channels left a 64x64 stage's samples noisy: training warns."""
+    import warnings
+
+    from difflab.tasks.image import warn_narrow_patches
+
+    cfg = load_config(ROOT / "configs" / "shapes.yaml", ["model.patch_size=4"])
+    with pytest.warns(UserWarning, match=r"model.patch_size=4 packs 48 pixel values into model.base_channels=32"):
+        warn_narrow_patches(cfg, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_narrow_patches(cfg, 1)  # 16 values
+        for name in ("shapes.yaml", "shapes64_cascade.yaml", "photos_sr.yaml", "fashion_mnist.yaml"):
+            shipped = load_config(ROOT / "configs" / name)
+            warn_narrow_patches(shipped, 1 if name.startswith("fashion") else 3)

@@ -8,6 +8,7 @@ a loss. Sampling drives any sampler through the denoiser contract (:mod:`difflab
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -47,6 +48,18 @@ def build_unet(cfg: Config, channels: int, *, context_dim: int = 0, pooled_dim: 
                 num_heads=m.num_heads, dropout=m.dropout, num_classes=m.num_classes, context_dim=context_dim,
                 pooled_dim=pooled_dim, norm_groups=m.norm_groups, patch_size=m.patch_size,
                 coord_channels=m.coord_channels)
+
+
+def warn_narrow_patches(cfg: Config, channels: int) -> None:
+    """Warn when a position's patch holds more pixel values (``model.patch_size``^2 x ``channels``) than the
+    ``model.base_channels`` it is packed into: the network then cannot carry per-pixel noise, and samples stay
+    noisy (measured: a 64x64 super-resolution stage with 4x4x3 patches in 32 channels, BENCHMARKS.md)."""
+    m = cfg.model
+    values = m.patch_size ** 2 * channels
+    if values > m.base_channels:
+        warnings.warn(f"model.patch_size={m.patch_size} packs {values} pixel values into model.base_channels="
+                      f"{m.base_channels} channels, too few to carry per-pixel detail (samples may stay noisy): "
+                      f"use a smaller patch_size or base_channels >= {values}", stacklevel=2)
 
 
 def image_channels(cfg: Config) -> int:
@@ -111,6 +124,7 @@ class ImageTask:
         self.schedule: Schedule = schedule_from_config(cfg.diffusion)
         self.images: Tensor = self.dataset.images  # uint8 (N, C, H, W)
         self.labels: Tensor | None = self.dataset.labels if conditional else None
+        warn_narrow_patches(self.config, self.dataset.channels)
 
     def to(self, device: torch.device) -> None:
         """Keep the dataset on the training device (it is small)."""

@@ -34,7 +34,8 @@ from difflab.models.text_unet import TextConditionedUNet
 from difflab.schedules import Schedule, schedule_from_config
 from difflab.tasks.base import GridRow, SampleRequest, Samples
 from difflab.tasks.gaussian import algorithm1
-from difflab.tasks.image import PREVIEW_SAMPLES, ImageRun, build_unet, image_channels, load_images, preview_grid
+from difflab.tasks.image import (PREVIEW_SAMPLES, ImageRun, build_unet, image_channels, load_images, preview_grid,
+                                 warn_narrow_patches)
 
 TOKENIZER_FILE = "tokenizer.json"  # the scratch encoder's vocabulary, beside the run's config
 TEXT_ENCODERS = ("scratch", "minilm", "clip")
@@ -117,6 +118,8 @@ class TextToImageTask:
                               model=replace(cfg.model, num_classes=0))
         self.schedule: Schedule = schedule_from_config(cfg.diffusion)
         self.images: Tensor = dataset.images  # uint8 (N, C, H, W)
+        if check is None:  # pixels (a latent task checks, and warns about, its own sides)
+            warn_narrow_patches(self.config, self.channels)
         captions, index = np.unique(np.asarray(dataset.texts, dtype=object).astype(str), return_inverse=True)
         self.captions: list[str] = captions.tolist()  # the U distinct captions
         self.caption_index = torch.from_numpy(index.reshape(-1)).long()  # (N,) into captions
