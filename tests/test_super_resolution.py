@@ -166,7 +166,7 @@ def test_the_shipped_config_builds_both_stages():
     cfg = load_config(ROOT / "configs" / "shapes64_cascade.yaml")
     before, main_cfg = stages(cfg)
     assert main_cfg.task == "cascade" and main_cfg.data.resolution == 64
-    assert before[0].config.data.resolution == main_cfg.super_res.low_resolution == 16
+    assert before[0].config.data.resolution == main_cfg.super_res.low_resolution == 32
 
 
 @pytest.fixture(scope="module")
