@@ -6,12 +6,12 @@
 1. **Noise-conditioning augmentation.** The super-resolution stage trained again without it
    (``super_res.noise_aug=false``, same base run, the same number of optimizer steps as the shipped stage, so
    the comparison does not depend on how busy the machine is), against the shipped stage at sampling levels
-   0, 0.1 (shipped) and 0.3. Every row upscales *the same* 16x16 base images (one base draw for ``--n`` grammar
+   0, 0.1 (shipped) and 0.3. Every row upscales *the same* base images (one base draw for ``--n`` grammar
    prompts), so the rows differ only in the stage: all-four-attribute accuracy, FID@n against the 64x64 training
-   images, and PSNR of the stage to the ground truth on held-out 64x64 shapes (their 16x16 versions upscaled).
+   images, and PSNR of the stage to the ground truth on held-out 64x64 shapes (their low-resolution versions upscaled).
 2. **Dynamic thresholding.** The base at guidance 1, 3 and 7, with static thresholding (x0 clipped to [-1, 1])
    and with Imagen's dynamic thresholding at the 99.5th percentile, then the shipped stage: accuracy, FID, and
-   saturation: the share of pixel channels at 0 or 255 of the base's 16x16 images, beside that of real 16x16
+   saturation: the share of pixel channels at 0 or 255 of the base images, beside that of real
    shapes (the reference), and the mean HSV saturation of the final images. A grid of both at each guidance:
    bench/figures/cascade-thresholding.png.
 
@@ -66,7 +66,7 @@ def hsv_saturation(images: np.ndarray) -> float:
 
 
 def upscale(stage: SuperResolutionRun, low: np.ndarray, prompts: list[str], level: float | None) -> np.ndarray:
-    """The super-resolution stage alone on given 16x16 images (its own sampler settings)."""
+    """The super-resolution stage alone on given low-resolution images (its own sampler settings)."""
     return SuperResolutionRun.sample(stage, len(low), cond=LowResolution(low, prompts), aug_level=level,
                                      seed=BENCH_SEED, progress=False).data
 
@@ -121,8 +121,8 @@ def main() -> None:
         aug_rows.append(row)
         print(table([row], "super-resolution stage", [("PSNR (dB)", "{:.2f}")]), flush=True)
 
-    real16 = load_dataset("shapes", resolution=base.config.data.resolution, split="test").images
-    real_share = clipped_share(real16.permute(0, 2, 3, 1).numpy())
+    real_low = load_dataset("shapes", resolution=base.config.data.resolution, split="test").images
+    real_share = clipped_share(real_low.permute(0, 2, 3, 1).numpy())
     threshold_rows, grid_blocks, grid_captions = [], [], []
     grid_prompts = prompts[:GRID_PROMPTS]
     grid_cond = [q for q in grid_prompts for _ in range(GRID_PER_PROMPT)]
@@ -149,7 +149,7 @@ def main() -> None:
     (args.out / f"cascade-levers-{date}.json").write_text(json.dumps(res, indent=1))
     print(table(aug_rows, "super-resolution stage", [("PSNR (dB)", "{:.2f}")]))
     print(table(threshold_rows, "base sampling", [("clipped (base)", "{:.3f}"), ("HSV sat.", "{:.3f}")]))
-    print(f"real 16x16 shapes: clipped share {real_share:.3f}; figure: {res['figure']}")
+    print(f"real {base.config.data.resolution}x{base.config.data.resolution} shapes: clipped share {real_share:.3f}; figure: {res['figure']}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Systems (configs/):
 
 * ``pixel``   configs/shapes.yaml at 64x64 (patch 4: the same 16x16 positions as the latent model), no decoder;
 * ``latent``  configs/shapes64_latent.yaml: KL autoencoder stage, then diffusion on its 16x16x4 latents (SD);
-* ``cascade`` configs/shapes64_cascade.yaml: 16x16 base stage, then 16 -> 64 super-resolution (Imagen);
+* ``cascade`` configs/shapes64_cascade.yaml: 32x32 base stage, then 32 -> 64 super-resolution (Imagen);
 * ``unclip``  configs/shapes64_unclip.yaml: CLIP, prior and decoder stages (DALL-E 2).
 
 For each: all-four-attribute accuracy and per attribute on ``--n`` random grammar prompts (a seed no split uses;
