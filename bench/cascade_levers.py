@@ -15,7 +15,7 @@
    shapes (the reference), and the mean HSV saturation of the final images. A grid of both at each guidance:
    bench/figures/cascade-thresholding.png.
 
-Results: bench/results/cascade-levers-<date>.json and markdown tables on stdout.
+Results: bench/results/cascade-levers-<levers>-<date>.json and markdown tables on stdout.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ GUIDANCE = (1.0, 3.0, 7.0)
 PERCENTILE = 99.5  # Imagen's
 FIDELITY_N = 200  # held-out 64x64 shapes for the PSNR of the stage
 GRID_PROMPTS = 4
+AUG_COLUMNS = [("PSNR (dB)", "psnr", "{:.2f}")]
+THRESHOLD_COLUMNS = [("clipped (base)", "clipped_share_base", "{:.3f}"), ("HSV sat.", "hsv_saturation", "{:.3f}")]
 GRID_PER_PROMPT = 4
 
 
@@ -88,68 +90,88 @@ def fidelity(stage: SuperResolutionRun, level: float | None) -> float:
     return stage.fidelity(low, up)["psnr"]
 
 
-def table(rows: list[dict], first: str, extra: list[tuple[str, str]]) -> str:
-    head = f"| {first} | all four | size | color | shape | position | FID | " + " | ".join(h for h, _ in extra)
+def table(rows: list[dict], first: str, extra: list[tuple[str, str, str]]) -> str:
+    """Markdown rows of accuracy and FID, then the ``extra`` columns (header, key, format)."""
+    head = f"| {first} | all four | size | color | shape | position | FID | " + " | ".join(h for h, _, _ in extra)
     lines = [f"| {r['row']} | {100 * r['attr_all']:.1f}% | {100 * r['attr_size']:.1f}% | {100 * r['attr_color']:.1f}% "
              f"| {100 * r['attr_shape']:.1f}% | {100 * r['attr_position']:.1f}% | {r['fid']:.2f} | "
-             + " | ".join(fmt.format(r[k]) for k, fmt in extra) + " |" for r in rows]
+             + " | ".join(fmt.format(r[k]) for _, k, fmt in extra) + " |" for r in rows]
     return "\n".join([head + " |", "|---" * (7 + len(extra)) + "|", *lines])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=500, help="grammar prompts (one image each) per row")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    args = p.parse_args()
-    shipped = args.out / "framings" / "cascade"
-    if not (shipped / "base").is_dir():
-        raise SystemExit(f"{shipped} is not trained: run python bench/framings.py --systems cascade first")
-    ablation = args.out / "cascade_levers" / "no_noise_aug"
+def noise_aug_lever(out: Path, shipped: Path, prompts: list[str]) -> list[dict]:
+    """Rows of lever 1: the stage trained without augmentation, and the shipped one at LEVELS."""
+    ablation = out / "cascade_levers" / "no_noise_aug"
     steps = run_summary(shipped)["steps"]  # the same optimizer steps as the shipped stage, however long they take
     train_system(ablation, CONFIG, ["super_res.noise_aug=false", f"cascade.base_run={shipped / 'base'}",
                                     f"train.max_steps={steps}", "train.max_minutes=1000",
                                     f"train.checkpoint_every={steps}"])
     with_aug, without = sampling_run(shipped), sampling_run(ablation)
-    prompts, _ = grammar_prompts(args.n, BENCH_SEED)
-    base = with_aug.base
-    low = base.sample(args.n, cond=prompts, seed=BENCH_SEED, progress=False).data  # shipped base settings
-    aug_rows = []
+    low = with_aug.base.sample(len(prompts), cond=prompts, seed=BENCH_SEED, progress=False).data  # base settings
+    rows = []
     for stage, level, name in [(without, None, "no augmentation (trained clean, level 0)"),
                                *[(with_aug, s, f"augmentation, sampling level {s}") for s in LEVELS]]:
-        row = {"row": name, **measure(stage, upscale(stage, low, prompts, level), prompts),
-               "psnr": fidelity(stage, level)}
-        aug_rows.append(row)
-        print(table([row], "super-resolution stage", [("PSNR (dB)", "{:.2f}")]), flush=True)
+        rows.append({"row": name, **measure(stage, upscale(stage, low, prompts, level), prompts),
+                     "psnr": fidelity(stage, level)})
+        print(table(rows[-1:], "super-resolution stage", AUG_COLUMNS), flush=True)
+    return rows
 
+
+def thresholding_lever(shipped: Path, prompts: list[str], figure: Path) -> tuple[list[dict], float]:
+    """Rows of lever 2 (guidance x static / dynamic thresholding of the base; each with the real test images'
+    clipped share and saturation as the reference), the real clipped share, and the grid written to ``figure``."""
+    with_aug = sampling_run(shipped)
+    base = with_aug.base
     real_low = load_dataset("shapes", resolution=base.config.data.resolution, split="test").images
     real_share = clipped_share(real_low.permute(0, 2, 3, 1).numpy())
-    threshold_rows, grid_blocks, grid_captions = [], [], []
+    real_final = load_dataset("shapes", resolution=with_aug.config.data.resolution, split="test").images
+    real_sat = hsv_saturation(real_final.permute(0, 2, 3, 1).numpy())
+    rows, grid_blocks, grid_captions = [], [], []
     grid_prompts = prompts[:GRID_PROMPTS]
     grid_cond = [q for q in grid_prompts for _ in range(GRID_PER_PROMPT)]
     for g in GUIDANCE:
         for percentile, name in [(0, "static (clip to [-1, 1])"), (PERCENTILE, f"dynamic, p{PERCENTILE}")]:
-            small = base.sample(args.n, cond=prompts, seed=BENCH_SEED, guidance=g, dynamic_threshold=percentile,
+            small = base.sample(len(prompts), cond=prompts, seed=BENCH_SEED, guidance=g, dynamic_threshold=percentile,
                                 progress=False).data
             final = upscale(with_aug, small, prompts, None)
-            row = {"row": f"guidance {g:g}, {name}", "guidance": g, "dynamic_threshold": percentile or None,
-                   **measure(with_aug, final, prompts), "clipped_share_base": clipped_share(small),
-                   "clipped_share_real": real_share, "hsv_saturation": hsv_saturation(final)}
-            threshold_rows.append(row)
-            print(table([row], "base sampling", [("clipped (base)", "{:.3f}"), ("HSV sat.", "{:.3f}")]), flush=True)
+            rows.append({"row": f"guidance {g:g}, {name}", "guidance": g, "dynamic_threshold": percentile or None,
+                         **measure(with_aug, final, prompts), "clipped_share_base": clipped_share(small),
+                         "clipped_share_real": real_share, "hsv_saturation": hsv_saturation(final),
+                         "hsv_saturation_real": real_sat})
+            print(table(rows[-1:], "base sampling", THRESHOLD_COLUMNS),
+                  flush=True)
             demo = base.sample(len(grid_cond), cond=grid_cond, seed=BENCH_SEED + 1, guidance=g,
                                dynamic_threshold=percentile, progress=False).data
             grid_blocks.append(upscale(with_aug, demo, grid_cond, None))
             grid_captions += [f"guidance {g:g}, {name}: {q}" for q in grid_prompts]
-    fig = ROOT / "bench" / "figures" / "cascade-thresholding.png"
-    grids.save_png(fig, grids.captioned_grid(np.concatenate(grid_blocks), grid_captions, GRID_PER_PROMPT))
+    grids.save_png(figure, grids.captioned_grid(np.concatenate(grid_blocks), grid_captions, GRID_PER_PROMPT))
+    return rows, real_share
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=500, help="grammar prompts (one image each) per row")
+    p.add_argument("--levers", nargs="+", choices=("noise-aug", "thresholding"), default=["noise-aug", "thresholding"])
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = p.parse_args()
+    shipped = args.out / "framings" / "cascade"
+    if not (shipped / "base").is_dir():
+        raise SystemExit(f"{shipped} is not trained: run python bench/framings.py --systems cascade first")
+    prompts, _ = grammar_prompts(args.n, BENCH_SEED)
     date = datetime.date.today().isoformat()
     res = {"date": date, "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
-           "torch": torch.__version__, "n": args.n, "fidelity_n": FIDELITY_N, "config": CONFIG,
-           "noise_aug": aug_rows, "thresholding": threshold_rows, "figure": str(fig.relative_to(ROOT))}
-    (args.out / f"cascade-levers-{date}.json").write_text(json.dumps(res, indent=1))
-    print(table(aug_rows, "super-resolution stage", [("PSNR (dB)", "{:.2f}")]))
-    print(table(threshold_rows, "base sampling", [("clipped (base)", "{:.3f}"), ("HSV sat.", "{:.3f}")]))
-    print(f"real {base.config.data.resolution}x{base.config.data.resolution} shapes: clipped share {real_share:.3f}; figure: {res['figure']}")
+           "torch": torch.__version__, "n": args.n, "fidelity_n": FIDELITY_N, "config": CONFIG}
+    if "noise-aug" in args.levers:
+        res["noise_aug"] = noise_aug_lever(args.out, shipped, prompts)
+        print(table(res["noise_aug"], "super-resolution stage", AUG_COLUMNS))
+    if "thresholding" in args.levers:
+        fig = ROOT / "bench" / "figures" / "cascade-thresholding.png"
+        res["thresholding"], res["clipped_share_real"] = thresholding_lever(shipped, prompts, fig)
+        res["figure"] = str(fig.relative_to(ROOT))
+        print(table(res["thresholding"], "base sampling", THRESHOLD_COLUMNS))
+        print(f"real shapes at the base's resolution: clipped share {res['clipped_share_real']:.3f}; "
+              f"figure: {res['figure']}")
+    (args.out / f"cascade-levers-{'-'.join(args.levers)}-{date}.json").write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":
