@@ -58,7 +58,7 @@ def test_unknown_name_and_split() -> None:
         load_dataset("cifar")
     with pytest.raises(UserError, match="split"):
         load_dataset("digits", split="val")
-    assert DATASETS == ("digits", "mnist", "fashion-mnist", "image-folder", "shapes")
+    assert DATASETS == ("digits", "mnist", "fashion-mnist", "image-folder", "photos", "shapes")
 
 
 # ---------------------------------------------------------------- pixel conversions
