@@ -57,10 +57,13 @@ def main() -> None:
     p.add_argument("--n", type=int, default=None, help="held-out patches (default: all of them, no repeats)")
     p.add_argument("--score-only", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--name", default="super-resolution",
+                   help="results NAME-<date>.json, figure bench/figures/NAME.png, run folder NAME (underscored)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the config (a variant)")
     args = p.parse_args()
-    folder = args.out / "super_resolution"
+    folder = args.out / args.name.replace("-", "_")
     if not args.score_only:
-        train_system(folder, CONFIG, [])
+        train_system(folder, CONFIG, args.set)
     run = sampling_run(folder)
     from difflab.tasks.image import load_images
     n = args.n or len(load_images(run.config, split="test").images)
@@ -84,14 +87,14 @@ def main() -> None:
     shown = {"original": low.originals, "bicubic": outputs[base["baseline"]],
              "ddim 1 step": outputs[next(iter(SETTINGS))], "dpmpp-2m 10": outputs[list(SETTINGS)[1]]}
     figure = grids.captioned_grid(np.concatenate([v[pick] for v in shown.values()]), list(shown), FIGURE_PATCHES)
-    fig_path = ROOT / "bench" / "figures" / "super-resolution.png"
+    fig_path = ROOT / "bench" / "figures" / f"{args.name}.png"
     grids.save_png(fig_path, figure)
     date = datetime.date.today().isoformat()
     res = {"date": date, "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
-           "torch": torch.__version__, "config": CONFIG, "n": n, "seed": SEED, "run": run_summary(folder),
+           "torch": torch.__version__, "config": CONFIG, "overrides": args.set, "n": n, "seed": SEED, "run": run_summary(folder),
            "rows": rows, "best": best["upscaler"], "gain_db": best["psnr"] - rows[0]["psnr"],
            "figure": str(fig_path.relative_to(ROOT))}
-    (args.out / f"super-resolution-{date}.json").write_text(json.dumps(res, indent=1))
+    (args.out / f"{args.name}-{date}.json").write_text(json.dumps(res, indent=1))
     print(table(rows))
     print(f"best diffusion setting: {best['upscaler']}, {res['gain_db']:+.2f} dB over {rows[0]['upscaler']} "
           f"on {n} held-out patches")

@@ -15,7 +15,7 @@ import json
 import math
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -232,6 +232,13 @@ class SuperResConfig:
     noise_aug: bool = True
     aug_max: float = checked(0.5, UNIT_INTERVAL)  # largest training level, as a fraction of the schedule (1 = T)
     aug_level: float = checked(0.1, UNIT_INTERVAL)  # the level at sampling (--aug-level); 0 = clean; noise_aug false: 0
+    # true: the network's x0 is the residual (x0 - up(x_low)) * residual_scale from the clean low-resolution image
+    # upsampled, added back after sampling (Li et al. 2022, SRDiff; Whang et al. 2022): the stage starts at the
+    # interpolation's quality; the static clip of x0_hat (sample.clip_x0) is then left to the final image
+    residual: bool = False
+    # None = 1 / std of the training residuals (unit variance, as the latent scale), computed when training
+    # starts and stored in the run's config
+    residual_scale: float | None = checked(None, POSITIVE, example=10.0)
 
 
 @dataclass(frozen=True)
@@ -273,6 +280,13 @@ class PriorConfig:
     decoder_tokens: int = checked(4, POSITIVE)  # decoder: context tokens projected from the image embedding (DALL-E 2: 4)
     decoder_text: bool = False  # decoder: also read the caption (token states of the CLIP text tower)
     text_drop_prob: float = checked(0.5, UNIT_INTERVAL)  # decoder_text: caption dropped alone (DALL-E 2: 50%)
+    # the decoder's image side; None = data.resolution. Smaller: an upsampler (task super-resolution) takes its
+    # images to data.resolution, as DALL-E 2's decoder (64x64) is followed by two upsamplers
+    decoder_resolution: int | None = checked(None, POSITIVE, example=32)
+    upsampler_run: str | None = None  # None = the stage RUN/upsampler; else a trained super-resolution run
+    # the upsampler stage's config is this one with task super-resolution, super_res.low_resolution =
+    # decoder_resolution and no text encoder (DALL-E 2's upsamplers read no caption), then these (--set syntax)
+    upsampler_overrides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -527,6 +541,15 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             raise UserError(f"unknown config key {key}: valid keys are {', '.join(node)}")
         node[leaf] = yaml.safe_load(raw)
     return from_dict(Config, data)
+
+
+def apply_stage_overrides(cfg: Config, overrides: Sequence[str], key: str) -> Config:
+    """:func:`apply_overrides` of the overrides a config holds for one of its stages (e.g.
+    ``cascade.base_overrides``), an error naming ``key``."""
+    try:
+        return apply_overrides(cfg, list(overrides))
+    except UserError as e:
+        raise UserError(f"{key}: {e}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -359,3 +359,37 @@ def test_patches_wider_than_the_channels_warn():
         for name in ("shapes.yaml", "shapes64_cascade.yaml", "photos_sr.yaml", "fashion_mnist.yaml"):
             shipped = load_config(ROOT / "configs" / name)
             warn_narrow_patches(shipped, 1 if name.startswith("fashion") else 3)
+
+
+def test_a_residual_stage_learns_the_scaled_difference_from_the_interpolation():
+    """super_res.residual: the plain stage's batch, its target (x0 - up(x_low)) * scale, the scale 1 / std of the
+    training residuals (stored in the task's config), the condition alike."""
+    from difflab.data.images import to_model_range
+    from difflab.tasks.super_resolution import downsample, from_residual, to_residual, upsample
+
+    cfg = apply_overrides(load_config(None), [*TINY, "task=super-resolution", "data.name=shapes", "data.size=16",
+                                              "data.resolution=32", "model.text_encoder=none"])
+    plain = SuperResolutionTask(cfg).batch(4, torch.Generator().manual_seed(0))
+    task = SuperResolutionTask(replace(cfg, super_res=replace(cfg.super_res, residual=True)))
+    residual, scale = task.batch(4, torch.Generator().manual_seed(0)), task.config.super_res.residual_scale
+    x0, x_low = plain[0], downsample(plain[0], 16)
+    assert scale > 1 and torch.allclose(residual[0], (x0 - upsample(x_low, 32, "bicubic")) * scale, atol=1e-5)
+    assert torch.allclose(from_residual(residual[0], x_low, task.config), x0, atol=1e-5)
+    assert plain[1].keys() == residual[1].keys() and all(torch.equal(plain[1][k], residual[1][k]) for k in plain[1])
+    every = to_model_range(task.inner.images)  # the whole training set: its residuals have unit variance
+    assert to_residual(every, downsample(every, 16), task.config).std().item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_a_residual_run_that_adds_nothing_returns_the_interpolation(sr_run, monkeypatch):
+    """A residual stage whose x0 estimate is 0 upscales to exactly the baseline it adds its residual to; its
+    denoiser does not clip the residual to [-1, 1]."""
+    from difflab.tasks.super_resolution import unclipped
+
+    run = load_run(sr_run)
+    run.config = replace(run.config, super_res=replace(run.config.super_res, residual=True, residual_scale=4.0))
+    assert run.config.sample.clip_x0 and not unclipped(run.config).sample.clip_x0
+    monkeypatch.setattr(run, "denoiser", lambda *a, **k: (lambda x_t, t, cond: torch.zeros_like(x_t)))
+    low = run.held_out(5, seed=2)
+    out = run.upscale(low, sampler="ddim", steps=3, progress=False)
+    assert np.array_equal(out, run.interpolate(low))
+    assert run.fidelity(low, out)["psnr"] == run.fidelity(low, out)["baseline_psnr"]

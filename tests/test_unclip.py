@@ -201,3 +201,56 @@ def test_variations_writes_n_images(unclip_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["variations", str(unclip_run), str(tmp_path / "in.png"), "--out", str(tmp_path / "v.jpg")]) == 2
     assert "use a .png grid" in capsys.readouterr().err and sorted(tmp_path.iterdir()) == before
+
+
+# -- a decoder below the output's side, then an upsampler (DALL-E 2's 64x64 decoder + upsamplers) -------------
+UPSAMPLED = ["data.resolution=32", "prior.decoder_resolution=16", 'prior.upsampler_overrides=["train.max_steps=3","sample.steps=2"]']
+
+
+def test_a_smaller_decoder_adds_the_upsampler_stage():
+    cfg = apply_overrides(Config(), [*TINY_UNCLIP, *UPSAMPLED])
+    before, main_cfg = stages(cfg)
+    assert [s.name for s in before] == ["clip", "prior", "upsampler"]
+    up = before[2].config
+    assert (up.task, up.model.text_encoder, up.super_res.low_resolution, up.data.resolution) == (
+        "super-resolution", "none", 16, 32)
+    assert (up.train.max_steps, up.sample.steps, up.prior.upsampler_overrides) == (3, 2, ())
+    assert main_cfg.prior.upsampler_run == "upsampler" and stages(cfg)[0][1].name == "prior"
+    assert [s.name for s in stages(apply_overrides(cfg, ["prior.upsampler_run=/runs/sr"]))[0]] == ["clip", "prior"]
+    with pytest.raises(UserError, match="must divide data.resolution=32"):
+        stages(apply_overrides(cfg, ["prior.decoder_resolution=12"]))
+    with pytest.raises(UserError, match="prior.upsampler_overrides: unknown config key"):
+        stages(apply_overrides(cfg, ['prior.upsampler_overrides=["train.nope=1"]']))
+
+
+@pytest.fixture(scope="module")
+def upsampled_run(unclip_run):
+    """The tiny unclip's CLIP and prior (16x16), a decoder at 16x16 and an upsampler stage 16 -> 32."""
+    run = unclip_run.parent / "upsampled"
+    assert main(["train", "--out", str(run), "--no-progress", "--set", *TINY_UNCLIP, *UPSAMPLED,
+                 f"prior.clip_run={unclip_run / 'clip'}", f"prior.prior_run={unclip_run / 'prior'}"]) == 0
+    return run
+
+
+def test_the_decoder_samples_small_and_the_upsampler_brings_it_to_the_output_side(upsampled_run, tmp_path):
+    run = load_run(upsampled_run)
+    assert isinstance(run, UnclipRun) and run.decoder_shape == (3, 16, 16) and run.image_shape == (3, 32, 32)
+    assert run.upsampler is not None and run.upsampler.factor == 2 and (upsampled_run / "upsampler").is_dir()
+    s = run.sample(2, cond=PROMPTS, seed=1, progress=False)
+    assert s.data.shape == (2, 32, 32, 3) and list(s.conditions["prompts"]) == PROMPTS
+    assert np.array_equal(s.data, load_run(upsampled_run).sample(2, cond=PROMPTS, seed=1, progress=False).data)
+    z = run.prior.embeddings(PROMPTS, steps=2, progress=False)
+    low = run._images(run.draw(2, run.decoder_shape, run.decoder_condition(z, PROMPTS), seed=0, progress=False))
+    assert low.shape == (2, 16, 16, 3)
+    image = render_shapes(random_attributes(1, seed=5), resolution=24, seed=0)[0]
+    assert run.variations(image, 2, steps=2).data.shape == (2, 32, 32, 3)
+
+
+def test_an_upsampler_of_other_sides_is_refused(upsampled_run, unclip_run, capsys):
+    from difflab.tasks.unclip import load_upsampler
+
+    cfg = load_run(upsampled_run).config
+    with pytest.raises(UserError, match="takes 16x16 images to 32x32, but the decoder .* makes 8x8"):
+        load_upsampler(upsampled_run, apply_overrides(cfg, ["prior.decoder_resolution=8"]), "cpu")
+    with pytest.raises(UserError, match="is a prior run: name a super-resolution run"):
+        load_upsampler(upsampled_run, apply_overrides(cfg, [f"prior.upsampler_run={unclip_run / 'prior'}"]), "cpu")

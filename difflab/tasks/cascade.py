@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from difflab.config import CascadeConfig, Config, SuperResConfig, apply_overrides
+from difflab.config import CascadeConfig, Config, SuperResConfig, apply_stage_overrides
 from difflab.errors import UserError
 from difflab.tasks import Stage, is_stage_name, load_run, stage_folder
 from difflab.tasks.base import GridRow, SampleRequest, Samples, a_run
@@ -50,10 +50,7 @@ def base_config(cfg: Config) -> Config:
     ``cascade.base_overrides`` (the syntax of ``--set``)."""
     base = replace(cfg, task=BASE_TASK, data=replace(cfg.data, resolution=cfg.super_res.low_resolution),
                    super_res=SuperResConfig(), cascade=CascadeConfig())
-    try:
-        return apply_overrides(base, list(cfg.cascade.base_overrides))
-    except UserError as e:
-        raise UserError(f"cascade.base_overrides: {e}") from None
+    return apply_stage_overrides(base, cfg.cascade.base_overrides, "cascade.base_overrides")
 
 
 def stages(cfg: Config) -> tuple[list[Stage], Config]:

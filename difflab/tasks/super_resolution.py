@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from difflab import grids, report_html
 from difflab.config import Config
 from difflab.data.images import to_model_range, to_uint8
-from difflab.denoisers import Cond
+from difflab.denoisers import Cond, Denoiser
 from difflab.evaluate.reconstruction import reconstruction_metrics
 from difflab.errors import UserError
 from difflab.files import check_output, require_file
@@ -48,7 +48,7 @@ from difflab.models.super_resolution import LowResConditionedUNet
 from difflab.models.text_encoders import TextEncoder
 from difflab.schedules import Schedule
 from difflab.tasks.base import GridRow, SampleRequest, Samples, Section, a_run
-from difflab.tasks.gaussian import algorithm1
+from difflab.tasks.gaussian import algorithm1, guided_denoiser
 from difflab.tasks.image import (PREVIEW_SAMPLES, UNCONDITIONAL_ROWS, ImageRun, ImageTask, build_unet,
                                  image_channels, load_images, preview_grid)
 from difflab.tasks.text_to_image import (TextToImageRun, TextToImageTask, build_text_unet, load_text_encoder,
@@ -93,6 +93,12 @@ def downsample(x: Tensor, size: int) -> Tensor:
     return F.interpolate(x, size=(size, size), mode="area")  # (B, C, size, size)
 
 
+def upsample(x_low: Tensor, size: int, mode: str) -> Tensor:
+    """Images (B, C, h, h) brought to (B, C, size, size) by ``mode`` (``super_res.upsample``): the interpolation the
+    network sees its input through, the baseline, and the base of a residual stage."""
+    return F.interpolate(x_low, size=(size, size), mode=mode, align_corners=False)  # (B, C, size, size)
+
+
 def low_res_condition(x_low: Tensor, s: Tensor, eps: Tensor, schedule: Schedule, size: int,
                       mode: str) -> dict[str, Tensor]:
     """The network's condition of a super-resolution stage: z_s ~ q(z_s | x_low) with noise ``eps``, upsampled.
@@ -110,8 +116,47 @@ def low_res_condition(x_low: Tensor, s: Tensor, eps: Tensor, schedule: Schedule,
     """
     t_s = aug_time(s, schedule)  # (B,)
     z_s = schedule.q_sample(x_low, t_s, eps)  # (B, C, h, h)
-    up = F.interpolate(z_s, size=(size, size), mode=mode, align_corners=False)  # (B, C, H, H)
-    return {"low_res": up, "aug_t": t_s.to(x_low.dtype)}
+    return {"low_res": upsample(z_s, size, mode), "aug_t": t_s.to(x_low.dtype)}
+
+
+def to_residual(x: Tensor, x_low: Tensor, cfg: Config) -> Tensor:
+    """The network's x0 for images x (B, C, H, W) of low-resolution versions x_low (B, C, h, h): with
+    ``super_res.residual`` the scaled residual (x - up(x_low)) * ``super_res.residual_scale``, else x itself."""
+    sr = cfg.super_res
+    return (x - upsample(x_low, cfg.data.resolution, sr.upsample)) * _scale(cfg) if sr.residual else x
+
+
+def from_residual(x0: Tensor, x_low: Tensor, cfg: Config) -> Tensor:
+    """The inverse of :func:`to_residual`: images (B, C, H, W) from the network's x0 (B, C, H, W)."""
+    sr = cfg.super_res
+    return x0 / _scale(cfg) + upsample(x_low, cfg.data.resolution, sr.upsample) if sr.residual else x0
+
+
+def _scale(cfg: Config) -> float:
+    if cfg.super_res.residual_scale is None:
+        raise ValueError("super_res.residual_scale is unset: the task computes it (residual_scale_of)")
+    return cfg.super_res.residual_scale
+
+
+def residual_scale_of(images: Tensor, cfg: Config, batch: int = 256) -> float:
+    """1 / std of the residuals x - up(x_low) over uint8 images (N, C, H, W): the scale that gives a residual
+    stage's x0 unit variance (as the latent scale does a latent model's)."""
+    h, total, squares, count = cfg.super_res.low_resolution, 0.0, 0.0, 0
+    for start in range(0, len(images), batch):
+        x = to_model_range(images[start:start + batch])  # (b, C, H, W)
+        r = x - upsample(downsample(x, h), x.shape[-1], cfg.super_res.upsample)  # (b, C, H, W)
+        total, squares, count = total + r.sum().item(), squares + r.pow(2).sum().item(), count + r.numel()
+    std = math.sqrt(max(squares / count - (total / count) ** 2, 0.0))
+    if not std > 0:
+        raise UserError("the training images equal their own interpolation (no residual to learn): set "
+                        "super_res.residual=false or train on images with detail")
+    return 1.0 / std
+
+
+def unclipped(cfg: Config) -> Config:
+    """``cfg`` to sample a residual stage: no static clip of x0_hat (a residual is not an image in [-1, 1]; the
+    final image is clipped when it is made)."""
+    return replace(cfg, sample=replace(cfg.sample, clip_x0=False)) if cfg.super_res.residual else cfg
 
 
 def build_super_resolution_net(cfg: Config, channels: int, encoder: TextEncoder | None) -> LowResConditionedUNet:
@@ -142,6 +187,10 @@ class SuperResolutionTask:
             self.inner = ImageTask(replace(cfg, data=replace(cfg.data, class_conditional=False)))
         self.config: Config = replace(self.inner.config, task=self.name)
         check_super_res(self.config)  # data.resolution is known now
+        sr = self.config.super_res
+        if sr.residual and sr.residual_scale is None:  # computed once, stored in the run's config
+            scale = residual_scale_of(self.inner.images, self.config)
+            self.config = replace(self.config, super_res=replace(sr, residual_scale=scale))
         self.schedule: Schedule = self.inner.schedule
         self.channels: int = image_channels(self.config)
 
@@ -161,19 +210,19 @@ class SuperResolutionTask:
         s = torch.rand(batch_size, device=device, generator=generator) * sr.aug_max
         return s if sr.noise_aug else torch.zeros_like(s)
 
-    def condition(self, x0: Tensor, s: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        """:func:`low_res_condition` of high-resolution images x0 (B, C, H, W) at levels s (B,)."""
-        sr = self.config.super_res
-        x_low = downsample(x0, sr.low_resolution)  # (B, C, h, h)
-        eps = torch.randn(x_low.shape, device=x0.device, generator=generator)
-        return low_res_condition(x_low, s, eps, self.schedule, x0.shape[-1], sr.upsample)
+    def condition(self, x_low: Tensor, s: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """:func:`low_res_condition` of low-resolution images x_low (B, C, h, h) at levels s (B,)."""
+        eps = torch.randn(x_low.shape, device=x_low.device, generator=generator)
+        return low_res_condition(x_low, s, eps, self.schedule, self.config.data.resolution, self.config.super_res.upsample)
 
     def batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
-        """A random batch drawn with ``generator``: x0 (B, C, H, W) and the network's condition (the caption and
-        its ``drop``, as the inner task draws them; ``low_res`` and ``aug_t``, never dropped)."""
+        """A random batch drawn with ``generator``: x0 (B, C, H, W) (with ``super_res.residual``, the scaled
+        residual, :func:`to_residual`) and the network's condition (the caption and its ``drop``, as the inner task draws them;
+        ``low_res`` and ``aug_t``, never dropped)."""
         x0, cond = self.inner.batch(batch_size, generator)
         s = self.levels(batch_size, generator, x0.device)
-        return x0, {**cond, **self.condition(x0, s, generator)}
+        x_low = downsample(x0, self.config.super_res.low_resolution)  # (B, C, h, h)
+        return to_residual(x0, x_low, self.config), {**cond, **self.condition(x_low, s, generator)}
 
     def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor:
         """Algorithm 1 on a random :meth:`batch`, the low-resolution image a condition like the caption."""
@@ -187,11 +236,13 @@ class SuperResolutionTask:
         x0 = to_model_range(self.inner.images[index])  # (P, C, H, W)
         generator = torch.Generator(device=device).manual_seed(0)
         s = torch.full((PREVIEW_SAMPLES,), sampling_level(self.config), device=device)
-        cond: dict[str, Tensor] = self.condition(x0, s, generator)
+        x_low = downsample(x0, self.config.super_res.low_resolution)  # (P, C, h, h)
+        cond: dict[str, Tensor] = self.condition(x_low, s, generator)
         if isinstance(self.inner, TextToImageTask):
             captions = [self.inner.captions[i] for i in self.inner.caption_index[index].tolist()]
             cond |= prompt_condition(model, captions, device)
-        return preview_grid(model, self.schedule, self.config, cond)
+        return preview_grid(model, self.schedule, unclipped(self.config), cond,
+                            decode=lambda x: from_residual(x, x_low, self.config))
 
 
 # -- a trained run -------------------------------------------------------------------------------
@@ -248,8 +299,7 @@ class SuperResolutionRun(TextToImageRun):
         """The baseline of super-resolution: the low-resolution images upsampled by ``super_res.upsample`` (the
         interpolation the network sees its input through), uint8 (N, H, H, C)."""
         x_low = to_model_range(torch.from_numpy(low.images).permute(0, 3, 1, 2))  # (N, C, h, h)
-        H = self.config.data.resolution
-        up = F.interpolate(x_low, size=(H, H), mode=self.config.super_res.upsample, align_corners=False)
+        up = upsample(x_low, self.config.data.resolution, self.config.super_res.upsample)  # (N, C, H, H)
         return to_uint8(up).permute(0, 2, 3, 1).numpy()  # (N, H, H, C)
 
     def fidelity(self, low: LowResolution, upscaled: np.ndarray) -> dict[str, Any]:
@@ -318,7 +368,12 @@ class SuperResolutionRun(TextToImageRun):
 
         batches = self.draw(n, self.image_shape, cond_of, sampler=sampler, steps=steps, seed=seed, guidance=guidance,
                             batch_size=batch_size, progress=progress, unit="img", **options)
-        return self._images(batches)  # (N, H, H, C)
+        x0 = from_residual(torch.cat([x.cpu() for x in batches]), x_low, self.config)  # (N, C, H, H)
+        return self._images([x0])  # (N, H, H, C)
+
+    def denoiser(self, guidance: float | None = None, dynamic_threshold: float | None = None) -> Denoiser:
+        """As every run's (:meth:`GaussianRunBase.denoiser`), without the static clip on a residual stage."""
+        return guided_denoiser(self.model, self.schedule, unclipped(self.config), guidance, dynamic_threshold)
 
     def sample(self, n: int, *, cond: Any = None, sampler: str | None = None, steps: int | None = None,
                seed: int = 0, guidance: float | None = None, batch_size: int | None = None,

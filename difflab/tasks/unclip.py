@@ -5,6 +5,9 @@ difflab's own CLIP (:mod:`difflab.tasks.clip`). One config trains three networks
 
     RUN/clip/    the CLIP (a stage; or prior.clip_run names a trained CLIP run)
     RUN/prior/   the diffusion prior z_t -> z_i (a stage, task prior: difflab.tasks.prior; or prior.prior_run)
+    RUN/upsampler/  with ``prior.decoder_resolution`` below ``data.resolution``: a super-resolution diffusion model
+                 from the decoder's side to the output's (a stage, task super-resolution; or prior.upsampler_run),
+                 as DALL-E 2 follows its 64x64 decoder with two upsamplers (Sec. 2.1)
     RUN/         the decoder P(x | z_i): this run's own network
 
 The decoder is the text-to-image UNet (:class:`~difflab.models.text_unet.TextConditionedUNet`) whose
@@ -34,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from difflab import io
-from difflab.config import Config, SampleConfig, from_dict, to_dict
+from difflab.config import Config, PriorConfig, SampleConfig, apply_stage_overrides, from_dict, to_dict
 from difflab.data.images import to_model_range
 from difflab.denoisers import Cond, check_prediction
 from difflab.errors import UserError
@@ -50,10 +53,13 @@ from difflab.tasks.clip import ClipRun, clip_config, load_clip_run
 from difflab.tasks.gaussian import algorithm1, load_network
 from difflab.tasks.image import PREVIEW_SAMPLES, build_unet, image_channels, load_images, preview_grid
 from difflab.tasks.prior import PriorRun, clip_folder, embed_dim, image_embeddings, named_run
+from difflab.tasks.super_resolution import LowResolution, SuperResolutionRun
 from difflab.tasks.text_to_image import TextToImageRun, is_empty, sample_prompts
 
 CLIP_STAGE = "clip"  # RUN/clip
 PRIOR_STAGE = "prior"  # RUN/prior
+UPSAMPLER_STAGE = "upsampler"  # RUN/upsampler, with prior.decoder_resolution
+UPSAMPLER_TASK = "super-resolution"
 
 
 # -- the stages ----------------------------------------------------------------------------------
@@ -83,6 +89,29 @@ def prior_stage_config(cfg: Config, clip_ref: str) -> Config:
                    prior=replace(p, clip_run=ref, prior_run=None))
 
 
+def check_upsampling(cfg: Config) -> None:
+    """One line unless ``prior.decoder_resolution`` (when set) divides ``data.resolution`` and is below it."""
+    side, H = cfg.prior.decoder_resolution, cfg.data.resolution
+    if side is not None and (H is None or side >= H or H % side):
+        raise UserError(f"prior.decoder_resolution={side} must divide data.resolution={H} and be smaller (an "
+                        "upsampler takes the decoder's images to data.resolution): set data.resolution to a multiple "
+                        "of it, or prior.decoder_resolution=null for a decoder at data.resolution")
+
+
+def decoder_config(cfg: Config) -> Config:
+    """The decoder's view of ``cfg``: its images at ``prior.decoder_resolution`` (None: ``data.resolution``)."""
+    side = cfg.prior.decoder_resolution
+    return cfg if side is None else replace(cfg, data=replace(cfg.data, resolution=side))
+
+
+def upsampler_stage_config(cfg: Config) -> Config:
+    """The upsampler stage (task super-resolution): ``cfg`` from ``prior.decoder_resolution`` to ``data.resolution``
+    without a text encoder, then ``prior.upsampler_overrides`` (the syntax of ``--set``)."""
+    base = replace(cfg, task=UPSAMPLER_TASK, model=replace(cfg.model, text_encoder="none"),
+                   super_res=replace(cfg.super_res, low_resolution=cfg.prior.decoder_resolution), prior=PriorConfig())
+    return apply_stage_overrides(base, cfg.prior.upsampler_overrides, "prior.upsampler_overrides")
+
+
 def _check_stage(stage: Config) -> None:
     """A stage's values by their rules, its prediction and sampling settings: one line now, not after the
     stages before it have trained."""
@@ -105,13 +134,18 @@ def stages(cfg: Config) -> tuple[list[Stage], Config]:
     prior_ref = PRIOR_STAGE if _is_stage(p.prior_run, PRIOR_STAGE) else p.prior_run
     if prior_ref == PRIOR_STAGE:
         out.append(Stage(PRIOR_STAGE, prior_stage_config(cfg, clip_ref)))
+    check_upsampling(cfg)
+    upsampler_ref = p.upsampler_run
+    if p.decoder_resolution is not None and _is_stage(p.upsampler_run, UPSAMPLER_STAGE):
+        upsampler_ref = UPSAMPLER_STAGE
+        out.append(Stage(UPSAMPLER_STAGE, upsampler_stage_config(cfg)))
     for stage in out:
         try:
             _check_stage(stage.config)
         except UserError as e:
             raise UserError(f"the {stage.name} stage, made from this config's prior: and clip: settings, would not "
                             f"train: {e}") from None
-    return out, replace(cfg, prior=replace(p, clip_run=clip_ref, prior_run=prior_ref))
+    return out, replace(cfg, prior=replace(p, clip_run=clip_ref, prior_run=prior_ref, upsampler_run=upsampler_ref))
 
 
 # -- the decoder ---------------------------------------------------------------------------------
@@ -139,14 +173,17 @@ class UnclipTask:
     name = "unclip"
 
     def __init__(self, cfg: Config, run: Path | None = None) -> None:
+        check_upsampling(cfg)
         clip = load_clip_run(clip_folder(run, cfg))
-        dataset = load_images(cfg)
+        dataset = load_images(decoder_config(cfg))  # at prior.decoder_resolution, when set
         if cfg.prior.decoder_text and not dataset.texts:
             raise UserError(f"prior.decoder_text needs captions, but dataset {cfg.data.name} has none: train on "
                             "captioned images or set prior.decoder_text=false")
         H, _ = dataset.resolution
         self.channels = dataset.channels
-        self.config = replace(cfg, task=self.name, data=replace(cfg.data, resolution=H, channels=dataset.channels),
+        self.config = replace(cfg, task=self.name, data=replace(cfg.data, resolution=cfg.data.resolution
+                                                                if cfg.prior.decoder_resolution else H,
+                                                                channels=dataset.channels),
                               model=replace(cfg.model, num_classes=0))
         self.schedule: Schedule = schedule_from_config(cfg.diffusion)
         self.clip = clip
@@ -168,7 +205,7 @@ class UnclipTask:
         return {}
 
     def build_model(self) -> nn.Module:
-        return build_decoder(self.config, self.channels, self.clip)
+        return build_decoder(decoder_config(self.config), self.channels, self.clip)
 
     def batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         """x0 (B, C, H, W) in [-1, 1] of random images and the network's condition: ``image_embed`` z_i (B, E),
@@ -197,7 +234,7 @@ class UnclipTask:
         cond = {"image_embed": self.image_embeds[:n].to(device), "drop": torch.zeros(n, dtype=torch.bool, device=device)}
         if self.text is not None:
             cond |= {k: v[self.caption_index[:n]].to(device) for k, v in self.text.items()}
-        return preview_grid(model, self.schedule, self.config, cond)
+        return preview_grid(model, self.schedule, decoder_config(self.config), cond)
 
 
 def task_for_run(cfg: Config, run: Path | None) -> UnclipTask:
@@ -211,6 +248,25 @@ def prior_folder(run: Path, cfg: Config) -> Path:
     return named_run(run, cfg.prior.prior_run or PRIOR_STAGE, "prior.prior_run", "the prior run",
                      "train it (`difflab train CONFIG --out RUN --resume` trains a missing stage) or set "
                      "prior.prior_run to a prior run's folder")
+
+
+def load_upsampler(folder: Path, cfg: Config, device: torch.device | str) -> SuperResolutionRun:
+    """The upsampler of ``prior.upsampler_run`` (a stage in ``folder`` or a path), checked to take the decoder's
+    images to ``data.resolution``."""
+    path = named_run(folder, cfg.prior.upsampler_run or UPSAMPLER_STAGE, "prior.upsampler_run", "the upsampler run",
+                     "train it (`difflab train CONFIG --out RUN --resume` trains a missing stage) or set "
+                     "prior.upsampler_run to a super-resolution run's folder")
+    run = load_run(path, device)
+    side, C = cfg.prior.decoder_resolution, image_channels(cfg)
+    if not isinstance(run, SuperResolutionRun):
+        raise UserError(f"the upsampler {path} of {folder} is {a_run(run.task)}: name a super-resolution run in "
+                        "prior.upsampler_run")
+    if run.low_shape != (side, side, C) or run.config.data.resolution != cfg.data.resolution:
+        H = run.config.data.resolution
+        raise UserError(f"the upsampler {path} takes {run.low_shape[0]}x{run.low_shape[0]} images to {H}x{H}, but "
+                        f"the decoder of {folder} makes {side}x{side} for {cfg.data.resolution}x{cfg.data.resolution}: "
+                        "name an upsampler from prior.decoder_resolution to data.resolution")
+    return run
 
 
 def centre_square(image: np.ndarray) -> np.ndarray:
@@ -229,27 +285,35 @@ class UnclipRun(TextToImageRun):
     flags_of = (TextToImageRun,)  # --prompt / --prompts, besides its own --prior-guidance / --prior-steps
 
     def __init__(self, folder: Path, config: Config, model: nn.Module, checkpoint: Path, clip: ClipRun,
-                 prior: PriorRun) -> None:
+                 prior: PriorRun, upsampler: SuperResolutionRun | None = None) -> None:
         super().__init__(folder, config, model, checkpoint)
-        self.clip, self.prior = clip, prior
+        self.clip, self.prior, self.upsampler = clip, prior, upsampler
 
     @classmethod
     def load(cls, folder: Path, config: Config, device: torch.device | str = "cpu", *, ema: bool = True,
              checkpoint: Path | None = None) -> UnclipRun:
-        """The decoder of ``folder`` with its CLIP (``prior.clip_run``) and prior (``prior.prior_run``), each
-        resolved against ``folder``; one line when the prior was trained in another CLIP."""
+        """The decoder of ``folder`` with its CLIP (``prior.clip_run``), prior (``prior.prior_run``) and, with
+        ``prior.decoder_resolution``, upsampler (``prior.upsampler_run``), each resolved against ``folder``; one
+        line when the prior was trained in another CLIP."""
         checkpoint = checkpoint or io.require_checkpoint(folder)
         clip = load_clip_run(clip_folder(folder, config), device)
         prior = load_prior_run(prior_folder(folder, config), device)
         if prior.clip.folder.resolve() != clip.folder.resolve():
             raise UserError(f"the prior {prior.folder} was trained in the CLIP {prior.clip.folder}, but the decoder of "
                             f"{folder} in {clip.folder}: set prior.clip_run and prior.prior_run to runs of one CLIP")
-        model = load_network(build_decoder(config, image_channels(config), clip), checkpoint, ema, device)
-        return cls(folder, config, model, checkpoint, clip, prior)
+        upsampler = load_upsampler(folder, config, device) if config.prior.decoder_resolution else None
+        model = load_network(cls.build(config, folder, clip), checkpoint, ema, device)
+        return cls(folder, config, model, checkpoint, clip, prior, upsampler)
 
     @classmethod
-    def build(cls, cfg: Config, folder: Path) -> nn.Module:
-        return build_decoder(cfg, image_channels(cfg), load_clip_run(clip_folder(folder, cfg)))
+    def build(cls, cfg: Config, folder: Path, clip: ClipRun | None = None) -> nn.Module:
+        return build_decoder(decoder_config(cfg), image_channels(cfg), clip or load_clip_run(clip_folder(folder, cfg)))
+
+    @property
+    def decoder_shape(self) -> tuple[int, int, int]:
+        """(C, h, h) of the decoder's images (the output's, :attr:`image_shape`, without an upsampler)."""
+        C, h = self.image_shape[0], decoder_config(self.config).data.resolution
+        return C, h, h
 
     def decoder_condition(self, image_embeds: Tensor, prompts: Sequence[str] | None) -> Callable[[int, int], Cond]:
         """``cond_of(start, stop)`` of the decoder for z_i (n, E) (and the prompts' token states with
@@ -266,11 +330,16 @@ class UnclipRun(TextToImageRun):
         return cond_of
 
     def decode(self, image_embeds: Tensor, prompts: Sequence[str] | None = None, **sampling: Any) -> np.ndarray:
-        """Images uint8 (n, H, W, C) decoded from z_i (n, E); ``sampling``: the keyword arguments of
+        """Images uint8 (n, H, W, C) decoded from z_i (n, E), then upscaled by the upsampler (its own sampler
+        settings, the same seed) when the run has one; ``sampling``: the keyword arguments of
         :meth:`~difflab.tasks.gaussian.GaussianRunBase.draw` (sampler, steps, seed, guidance, ...)."""
-        batches = self.draw(len(image_embeds), self.image_shape, self.decoder_condition(image_embeds, prompts),
+        batches = self.draw(len(image_embeds), self.decoder_shape, self.decoder_condition(image_embeds, prompts),
                             unit="img", **sampling)
-        return self._images(batches)
+        images = self._images(batches)  # (n, h, h, C)
+        if self.upsampler is None:
+            return images
+        common = {k: sampling[k] for k in ("seed", "batch_size", "progress") if k in sampling}
+        return self.upsampler.upscale(LowResolution(images), **common)  # (n, H, H, C)
 
     def sample(self, n: int, *, cond: Any = None, sampler: str | None = None, steps: int | None = None,
                seed: int = 0, guidance: float | None = None, batch_size: int | None = None,
