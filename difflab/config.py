@@ -306,6 +306,23 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class AudioConfig:
+    """Waveforms and their log-mel spectrogram (:mod:`difflab.data.mel`): one front end for training, sampling and
+    metrics, saved in every speech run. The defaults are the common 22,050 Hz vocoder setting (HiFi-GAN, DiffWave
+    on LJSpeech): 80 mels from 0 to 8 kHz, hop 256 (86 frames per second)."""
+
+    sample_rate: int = checked(22050, POSITIVE)  # Hz; every file is resampled to it (soxr)
+    n_fft: int = checked(1024, at_least(16))
+    hop_length: int = checked(256, POSITIVE)  # samples per mel frame
+    win_length: int = checked(1024, at_least(16))  # Hann window; at most n_fft
+    n_mels: int = checked(80, POSITIVE)
+    f_min: float = checked(0.0, NON_NEGATIVE)  # Hz
+    f_max: float | None = checked(8000.0, POSITIVE)  # Hz; None = sample_rate / 2
+    log_floor: float = checked(1e-5, POSITIVE)  # log(max(mel magnitude, log_floor)): silence is log(1e-5)
+    segment_seconds: float = checked(10.0, POSITIVE)  # audio-folder: longer files are cut into segments this long
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run."""
 
@@ -324,6 +341,7 @@ class Config:
     super_res: SuperResConfig = field(default_factory=SuperResConfig)
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
 
 
 # -- dict <-> dataclass with checking -------------------------------------------------------

@@ -21,6 +21,11 @@ sampling uses one level, ``super_res.aug_level`` (``--aug-level``; 0 for a stage
 by numpy's generator of the seed, apart from the sampler's torch stream. A text encoder (``model.text_encoder``)
 makes it text-conditioned, with the caption dropped for guidance as text-to-image drops it (never the
 low-resolution image); without one it is unconditional and trains on any image folder.
+
+With ``super_res.residual`` the network's x0 is the residual (x0 - up(x_low)) * ``super_res.residual_scale``
+(:func:`to_residual`; the scale is 1 / std of the training residuals, computed when training starts and stored in
+the run): the stage adds detail to the interpolation instead of redrawing the image, which is what beats bicubic
+on natural photos in a CPU budget (BENCHMARKS.md).
 """
 
 from __future__ import annotations
