@@ -40,7 +40,9 @@ def photo_dir() -> Path:
         from skimage import data
     except ImportError:
         raise UserError("data.name=photos needs scikit-image's bundled photos: pip install scikit-image") from None
-    return Path(data.data_dir)
+    # the photos ship inside the package; data.data_dir names a download cache in scikit-image >= 0.26
+    candidates = [Path(data.__file__).parent, Path(data.data_dir)]
+    return next((d for d in candidates if (d / TEST_PHOTOS[0]).is_file()), candidates[0])
 
 
 def patches(photo: np.ndarray, size: int) -> np.ndarray:
