@@ -1,4 +1,4 @@
-"""Command line: ``difflab train | distill | sample | upscale | fid | eval | features | demo | report | clip | variations | data``.
+"""Command line: ``difflab train | distill | sample | upscale | vocode | fid | eval | features | demo | report | clip | variations | data``.
 
 Bad input ends with one line ``error: <problem>: <fix>`` on stderr and exit status 2.
 """
@@ -307,6 +307,29 @@ def cmd_upscale(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+# -- vocode ------------------------------------------------------------------------------------
+def _add_vocode(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("vocode", help="turn a spectrogram (or a recording's) into a waveform with a vocoder run",
+                       description="Vocode INPUT with a vocoder run: an audio file (WAV/FLAC/OGG, any rate: its log-mel "
+                                   "is taken with the run's front end) or a log-mel .npy of shape (n_mels, frames). "
+                                   "Long inputs are vocoded in overlapping chunks, cross-faded. Writes a 16-bit WAV "
+                                   "(atomically).")
+    p.add_argument("run", help="run folder of a vocoder run (`difflab train configs/speech_vocoder.yaml`)")
+    p.add_argument("input", help="audio file or log-mel .npy")
+    p.add_argument("--out", required=True, help="WAV file to write")
+    _add_sampling_flags(p)
+    p.set_defaults(func=cmd_vocode)
+
+
+def cmd_vocode(args: argparse.Namespace) -> None:
+    from difflab.tasks.vocoder import vocode_file
+
+    out = vocode_file(args.run, args.input, args.out, device=_device(args.device), sampler=args.sampler,
+                      steps=args.steps, seed=args.seed, batch_size=args.batch_size, eta=args.eta,
+                      variance=args.variance, grid=args.grid)
+    print(f"wrote {out}")
+
+
 # -- fid / features ----------------------------------------------------------------------------
 def _add_fid(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fid", help="Frechet distance of samples to a dataset",
@@ -565,8 +588,8 @@ def cmd_data_shapes(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="difflab", description="Train, sample and evaluate diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_train, _add_distill, _add_sample, _add_upscale, _add_fid, _add_eval, _add_features, _add_demo,
-                _add_report, _add_clip, _add_variations, _add_data):
+    for add in (_add_train, _add_distill, _add_sample, _add_upscale, _add_vocode, _add_fid, _add_eval, _add_features,
+                _add_demo, _add_report, _add_clip, _add_variations, _add_data):
         add(sub)
     return parser
 

@@ -323,6 +323,22 @@ class AudioConfig:
 
 
 @dataclass(frozen=True)
+class VocoderConfig:
+    """The DiffWave vocoder (``task: vocoder``; :mod:`difflab.models.wavenet`), its training crops and its chunked
+    sampling of long spectrograms."""
+
+    channels: int = checked(64, POSITIVE)  # residual channels (DiffWave base: 64)
+    layers: int = checked(12, POSITIVE)  # residual layers (DiffWave base: 30)
+    dilation_cycle: int = checked(6, POSITIVE)  # dilations 1 .. 2^(cycle - 1), repeated (DiffWave: 10)
+    step_features: int = checked(128, POSITIVE)  # sinusoidal features of the diffusion step (DiffWave: 128)
+    step_width: int = checked(256, POSITIVE)  # the step embedding after its two layers (DiffWave: 512)
+    fold: int = checked(4, POSITIVE)  # samples per network position (1 = DiffWave); must divide audio.hop_length
+    segment_frames: int = checked(32, at_least(2))  # training crops, in mel frames of audio.hop_length samples
+    chunk_frames: int = checked(256, at_least(2))  # sampling: mels cut into chunks this long, drawn as one batch
+    overlap_frames: int = checked(4, NON_NEGATIVE)  # ... overlapping by this much, cross-faded
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run."""
 
@@ -342,6 +358,7 @@ class Config:
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
+    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
 
 
 # -- dict <-> dataclass with checking -------------------------------------------------------

@@ -152,6 +152,46 @@ def read_npz(path: str | Path, keys: Iterable[str], what: str = "array file",
         raise UserError(f"{what} {path} is not a readable .npz (it {what_is_wrong}): {fix}") from None
 
 
+def read_manifest(path: str | Path, what: str, example: str) -> list[tuple[int, dict[str, Any]]]:
+    """The rows of a JSON-lines manifest (``metadata.jsonl``): (line number, object) of every non-blank line, each
+    an object with a string ``file_name`` (``example`` shows one in the message); a BOM is ignored."""
+    path = Path(path)
+    text = read_text(path, what, "fix its permissions or delete it").removeprefix("\ufeff")  # BOM
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path} line {n} is not JSON ({err.msg}): fix or delete that line") from None
+        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+            raise UserError(f'{path} line {n} has no "file_name": write {{"file_name": "{example}", "text": "..."}}')
+        rows.append((n, row))
+    return rows
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def read_npy(path: str | Path, what: str = "array file", fix: str = "check the path"):
+    """The array of a ``.npy`` (never unpickled); a truncated, object or foreign file: one line."""
+    import numpy as np
+
+    path = require_file(path, what, fix)
+    with open(path, "rb") as f:
+        magic = f.read(len(NPY_MAGIC))
+    if magic != NPY_MAGIC:
+        raise UserError(f"{what} {path} is not a .npy array (another format, or empty): {fix}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise os_error(e, path, what) from None
+        what_is_wrong = "holds Python objects" if "pickle" in str(e) else "is truncated"
+        raise UserError(f"{what} {path} is not a readable .npy (it {what_is_wrong}): {fix}") from None
+
+
 def check_output(path: str | Path, what: str = "output", *, folder: bool = False) -> Path:
     """Check before any work that ``path`` can be written: its nearest existing parent is a writable folder,
     and ``path`` itself is not a folder (a file output) or a file (``folder=True``).

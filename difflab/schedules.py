@@ -38,7 +38,11 @@ from difflab.errors import UserError
 
 CLEAN_T = -1.0  # the time of clean data: alpha_bar = 1, sigma = 0
 SCHEDULES = ("linear", "cosine")
-GRIDS = ("trailing", "trailing-fractional", "leading", "linspace", "karras", "edm", "edm-open", "logsnr", "uniform")
+GRIDS = ("trailing", "trailing-fractional", "leading", "linspace", "karras", "edm", "edm-open", "logsnr", "uniform",
+         "diffwave")
+# DiffWave's fast-sampling variance schedule, T_infer = 6 (Kong et al. 2021, Sec. 4 and Appendix B: trained with
+# T = 50, beta linear from 1e-4 to 0.05): its betas, least noise first
+DIFFWAVE_FAST_BETAS = (1e-4, 1e-3, 1e-2, 5e-2, 0.2, 0.5)
 COSINE_S = 0.008  # Nichol & Dhariwal 2021, eq. 17 offset
 COSINE_MAX_BETA = 0.999  # Nichol & Dhariwal 2021: betas clipped to avoid a singularity at t = T
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5
@@ -240,6 +244,21 @@ def logsnr_spaced(schedule: Schedule, sigma_from: float, sigma_to: float, n: int
     return schedule.t_from_sigma(log_sigma.exp())
 
 
+def fast_schedule_times(schedule: Schedule, betas: Tensor) -> Tensor:
+    """The times of ``schedule`` (descending, fractional) whose alpha_bar equal those of a short variance
+    schedule ``betas`` (S,), least noise first: DiffWave's alignment of a fast inference schedule with the
+    training one (Kong et al. 2021, Appendix B). A sampler stepping between them takes exactly the short
+    schedule's steps, since alpha_bar_s / alpha_bar_t = 1 - beta. Noise levels beyond the training
+    schedule's are clamped to its ends."""
+    alpha_bar = torch.cumprod(1 - betas.to(torch.float64), dim=0)  # (S,)
+    times = schedule.t_from_sigma(torch.sqrt((1 - alpha_bar) / alpha_bar))  # (S,) increasing
+    if len(times) > 1 and not bool((times.diff() > 0).all()):
+        raise UserError(f"the fast schedule's {len(betas)} noise levels do not all fall within this model's "
+                        f"schedule (its sigma runs {schedule.sigma_min:.3g} to {schedule.sigma_max:.3g}): "
+                        "use fewer steps or another grid")
+    return times.flip(0)
+
+
 def step_grid(schedule: Schedule, steps: int, kind: str = "trailing") -> Tensor:
     """Descending times (steps,) float64 at which a sampler evaluates the denoiser.
 
@@ -255,7 +274,9 @@ def step_grid(schedule: Schedule, steps: int, kind: str = "trailing") -> Tensor:
     sampler jumps to clean data, which few-step distilled students need). Two more that, like
     ``karras``, run from T-1 down to 0 so the last jump to clean data starts from the least
     noise: ``uniform`` (evenly spaced in t) and ``logsnr`` (evenly spaced in lambda = log-SNR,
-    Lu et al. 2022, DPM-Solver, section 3.3).
+    Lu et al. 2022, DPM-Solver, section 3.3). ``diffwave``: DiffWave's fast schedule
+    (:func:`fast_schedule_times`): for 6 steps its published betas, otherwise that many betas
+    spaced geometrically between the same two ends.
     """
     T = schedule.T
     if steps < 1:
@@ -281,4 +302,9 @@ def step_grid(schedule: Schedule, steps: int, kind: str = "trailing") -> Tensor:
         return torch.linspace(T - 1, 0, steps, dtype=torch.float64)
     if kind == "logsnr":
         return logsnr_spaced(schedule, schedule.sigma_max, schedule.sigma_min, steps)
+    if kind == "diffwave":
+        betas = (torch.tensor(DIFFWAVE_FAST_BETAS, dtype=torch.float64) if steps == len(DIFFWAVE_FAST_BETAS) else
+                 torch.logspace(math.log10(DIFFWAVE_FAST_BETAS[0]), math.log10(DIFFWAVE_FAST_BETAS[-1]), steps,
+                                dtype=torch.float64))
+        return fast_schedule_times(schedule, betas)
     raise UserError(f"unknown step grid {kind!r}: use one of {', '.join(GRIDS)}")

@@ -24,7 +24,6 @@ Bad input never stops a run with a traceback:
 from __future__ import annotations
 
 import io
-import json
 import posixpath
 import sys
 import warnings
@@ -37,7 +36,7 @@ from tqdm.auto import tqdm
 
 from difflab.data.images import ImageDataset
 from difflab.errors import UserError
-from difflab.files import read_bytes, read_text
+from difflab.files import read_bytes, read_manifest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 DEFAULT_RESOLUTION = 32
@@ -202,17 +201,8 @@ def read_captions(root: Path) -> dict[str, str] | None:
     meta = root / METADATA
     if not meta.is_file():
         return None
-    text = read_text(meta, "captions file", "fix its permissions or delete it").removeprefix("\ufeff")  # BOM
     captions: dict[str, str] = {}
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{meta} line {n} is not JSON ({err.msg}): fix or delete that line") from None
-        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
-            raise UserError(f'{meta} line {n} has no "file_name": write {{"file_name": "a.png", "text": "..."}}')
+    for n, row in read_manifest(meta, "captions file", "a.png"):
         caption = row.get("text")
         if caption is not None and not isinstance(caption, str):
             raise UserError(f'{meta} line {n} has a "text" that is a {type(caption).__name__}, not a string: '

@@ -54,7 +54,11 @@ _TABLE = (("FID", "fid", ".3f"), ("KID", "kid", ".5f"), ("precision", "precision
           ("data NLL", "data_nll", ".4f"), ("entropy H", "entropy", ".4f"),
           ("PSNR (dB)", "psnr", ".2f"), ("SSIM", "ssim", ".4f"), ("rFID", "rfid", ".3f"),
           ("PSNR base", "baseline_psnr", ".2f"), ("SSIM base", "baseline_ssim", ".4f"),  # super-resolution's baseline
-          ("z scale", "latent_scale", ".5f"))  # reconstructions (difflab.evaluate.reconstruction)
+          ("z scale", "latent_scale", ".5f"),  # reconstructions (difflab.evaluate.reconstruction)
+          ("MR-STFT", "mr_stft", ".4f"), ("log-mel L1", "log_mel_l1", ".4f"),  # vocoded speech (evaluate.audio)
+          ("RTF", "real_time_factor", ".3f"), ("MR-STFT b.", "baseline_mr_stft", ".4f"),
+          ("mel L1 b.", "baseline_log_mel_l1", ".4f"), ("ASR orig.", "asr_original", ".4f"),
+          ("ASR", "asr", ".4f"), ("ASR base", "asr_baseline", ".4f"))
 _NOTE_OF = {"precision": "prdc"}  # the note of a row, where its key is not the row's: PRDC's prints once
 
 
@@ -209,7 +213,8 @@ def format_table(metrics: dict[str, Any]) -> str:
         if key == "clip_retrieval" and metrics.get("clip_retrieval_chance") is not None:
             extra.append(f"chance {metrics['clip_retrieval_chance']:{fmt}}")
         if key.startswith("baseline_") and metrics.get("baseline"):
-            extra.append(f"{metrics['baseline']} interpolation of the same inputs")
+            of = "interpolation" if key.endswith(("psnr", "ssim")) else "on the same spectrograms"
+            extra.append(f"{metrics['baseline']} {of}" + (" of the same inputs" if of == "interpolation" else ""))
         if note := notes.get(_NOTE_OF.get(key, key)):
             extra.append(note)
         rows.append(f"{label:<10} {value}" + (f" ({'; '.join(extra)})" if extra else ""))

@@ -40,6 +40,7 @@ TASKS: dict[str, str] = {  # name -> module defining TASK and RUN
     "autoencoder": "difflab.tasks.autoencoder",
     "vae": "difflab.tasks.vae",
     "latent-text-to-image": "difflab.tasks.latent_text_to_image",
+    "vocoder": "difflab.tasks.vocoder",
 }
 LEGACY_TASK = "diffusion"  # what every Gaussian run's config said before kinds had names
 WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")

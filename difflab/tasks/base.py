@@ -221,7 +221,7 @@ class Run(Protocol):
         ...
 
 
-SAMPLE_FOLDER_FILES = re.compile(r"\d{6}\.png|metadata\.jsonl")  # what a folder of samples holds
+SAMPLE_FOLDER_FILES = re.compile(r"\d{6}\.(png|wav)|metadata\.jsonl")  # what a folder of samples holds
 
 
 def check_sample_folder(out: Path) -> None:

@@ -1,0 +1,353 @@
+"""A diffusion vocoder (``task: vocoder``): Gaussian diffusion on waveforms conditioned on their log-mel
+spectrogram, DiffWave's framing (Kong et al. 2021; WaveGrad, Chen et al. 2021), with the core unchanged: the
+schedule, Algorithm 1, every sampler (and DiffWave's 6-step fast schedule as the step grid ``diffwave``).
+
+=============  =====================================================================================
+symbol         meaning
+=============  =====================================================================================
+``x0``         a waveform crop (B, 1, L), L = ``vocoder.segment_frames`` x ``audio.hop_length``, in [-1, 1]
+``mel``        its log-mel frames (B, n_mels, segment_frames) (:mod:`difflab.data.mel`, ``audio:``)
+``eps_hat``    the network's output (:class:`~difflab.models.wavenet.DiffWave`)
+=============  =====================================================================================
+
+Training crops random segments of the utterances (the log-mel of each utterance computed once, with the same
+front end sampling and metrics use), frame-aligned: frames s .. s+F-1 with samples s hop .. (s+F) hop.
+Vocoding cuts a spectrogram into chunks of ``vocoder.chunk_frames`` overlapping by ``vocoder.overlap_frames``,
+draws every chunk of every input in batches, and cross-fades the overlaps (:func:`stitch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from difflab import report_html
+from difflab.config import Config
+from difflab.errors import UserError
+from difflab.models.wavenet import DiffWave
+from difflab.schedules import Schedule, schedule_from_config
+from difflab.tasks.base import SampleRequest, Samples, Section, check_sample_folder
+from difflab.tasks.gaussian import GaussianRunBase, algorithm1
+
+AUDIO_DATASETS = ("speech", "audio-folder")
+
+
+# -- data ----------------------------------------------------------------------------------------
+def check_vocoder(cfg: Config) -> None:
+    """One line for audio and vocoder settings that cannot work together."""
+    from difflab.data.mel import check_audio_config
+
+    check_audio_config(cfg.audio)
+    v, hop = cfg.vocoder, cfg.audio.hop_length
+    if hop % v.fold:
+        raise UserError(f"vocoder.fold={v.fold} must divide audio.hop_length={hop} (a frame is whole positions): "
+                        f"use a divisor such as {next(d for d in (4, 2, 1) if hop % d == 0)}")
+    if v.overlap_frames >= v.chunk_frames // 2:
+        raise UserError(f"vocoder.overlap_frames={v.overlap_frames} must be below half of vocoder.chunk_frames="
+                        f"{v.chunk_frames}: e.g. --set vocoder.overlap_frames=4")
+    if cfg.data.name not in AUDIO_DATASETS:
+        raise UserError(f"task vocoder trains on speech, but data.name is {cfg.data.name}: set data.name to speech "
+                        "(the built-in corpus) or audio-folder (your WAV/FLAC files, with data.path)")
+
+
+def speech_dataset(cfg: Config, split: str = "train"):
+    """The waveforms of ``cfg.data`` at ``audio.sample_rate``: the built-in corpus (``speech``; ``data.path`` another
+    corpus folder) or a folder of the user's audio (``audio-folder``)."""
+    from difflab.data.audio import load_audio_folder
+    from difflab.data.speech import load_speech
+
+    d, a = cfg.data, cfg.audio
+    if d.name == "speech":
+        return load_speech(d.path, a.sample_rate, split)
+    if d.path is None:
+        raise UserError("data.name=audio-folder needs data.path: the folder of your WAV/FLAC/OGG files")
+    return load_audio_folder(d.path, a.sample_rate, split, a.segment_seconds)
+
+
+def build_vocoder(cfg: Config) -> DiffWave:
+    """The DiffWave network of ``cfg.vocoder`` for the log-mels of ``cfg.audio``."""
+    v, a = cfg.vocoder, cfg.audio
+    return DiffWave(n_mels=a.n_mels, hop=a.hop_length, channels=v.channels, layers=v.layers,
+                    dilation_cycle=v.dilation_cycle, step_features=v.step_features, step_width=v.step_width,
+                    fold=v.fold)
+
+
+class VocoderTask:
+    """Waveform crops and their log-mel frames from the utterances of ``cfg.data`` (all in memory)."""
+
+    name = "vocoder"
+
+    def __init__(self, cfg: Config) -> None:
+        from difflab.data.mel import LogMel
+
+        check_vocoder(cfg)
+        self.config = replace(cfg, task=self.name)
+        self.schedule: Schedule = schedule_from_config(cfg.diffusion)
+        F, hop = cfg.vocoder.segment_frames, cfg.audio.hop_length
+        dataset = speech_dataset(cfg, "train")
+        front = LogMel(cfg.audio)
+        self.waves: list[Tensor] = []  # (L,) each
+        self.mels: list[Tensor] = []  # (n_mels, frames) each
+        with torch.no_grad():
+            for wave in dataset.waves:
+                if len(wave) // hop >= F:  # at least one whole crop
+                    w = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+                    self.waves.append(w)
+                    self.mels.append(front(w[None])[0])
+        if not self.waves:
+            raise UserError(f"no utterance of {cfg.data.name} is {F} frames ({F * hop / cfg.audio.sample_rate:.2f} s) "
+                            "long: lower vocoder.segment_frames or add longer audio")
+        # crops start at frame s = 0 .. L // hop - F of an utterance; utterances drawn by their count of crops
+        self.last_start = torch.tensor([len(w) // hop - F for w in self.waves])  # (U,)
+
+    def to(self, device: torch.device) -> None:
+        self.waves = [w.to(device) for w in self.waves]
+        self.mels = [m.to(device) for m in self.mels]
+
+    def run_files(self) -> dict[str, str]:
+        return {}
+
+    def build_model(self) -> nn.Module:
+        return build_vocoder(self.config)
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """x0 (B, 1, F hop) random crops and ``mel`` (B, n_mels, F), their frames."""
+        F, hop = self.config.vocoder.segment_frames, self.config.audio.hop_length
+        g_device = generator.device
+        weights = (self.last_start + 1).double().to(g_device)
+        index = torch.multinomial(weights, batch_size, replacement=True, generator=generator).cpu()  # (B,)
+        u = torch.rand(batch_size, generator=generator, device=g_device).cpu()  # (B,)
+        starts = (u * (self.last_start[index] + 1)).long().clamp(max=self.last_start[index])  # (B,)
+        x0 = torch.stack([self.waves[i][s * hop:(s + F) * hop] for i, s in zip(index.tolist(), starts.tolist())])
+        mel = torch.stack([self.mels[i][:, s:s + F] for i, s in zip(index.tolist(), starts.tolist())])
+        return x0[:, None], {"mel": mel}  # (B, 1, F hop), (B, n_mels, F)
+
+    def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor:
+        """Algorithm 1 on a random :meth:`batch` of crops, the mel a condition."""
+        x0, cond = self.batch(batch_size, generator)
+        return algorithm1(model, x0, cond, self.schedule, self.config, generator)
+
+    def preview(self, model: nn.Module) -> np.ndarray | None:
+        return None
+
+
+# -- chunked vocoding ----------------------------------------------------------------------------
+def chunk_mel(mel: Tensor, chunk: int, overlap: int, floor: float) -> Tensor:
+    """(n_mels, F) -> (K, n_mels, chunk): windows starting every chunk - overlap frames; the last padded with
+    silence (log ``floor``)."""
+    n_mels, F = mel.shape
+    hop = chunk - overlap
+    K = max(1, -(-(F - overlap) // hop))  # ceil((F - overlap) / hop)
+    padded = torch.full((n_mels, (K - 1) * hop + chunk), float(np.log(floor)), dtype=mel.dtype, device=mel.device)
+    padded[:, :F] = mel
+    return torch.stack([padded[:, k * hop:k * hop + chunk] for k in range(K)])  # (K, n_mels, chunk)
+
+
+def stitch(pieces: Tensor, overlap: int) -> Tensor:
+    """Waveform chunks (K, S) overlapping by ``overlap`` samples, joined with a linear cross-fade: (K S - (K-1) o,)."""
+    K, S = pieces.shape
+    if K == 1 or overlap == 0:
+        return pieces.reshape(-1)
+    fade = torch.linspace(0, 1, overlap + 2, dtype=pieces.dtype, device=pieces.device)[1:-1]  # (o,), ends excluded
+    out = pieces[0]
+    for piece in pieces[1:]:
+        mixed = out[-overlap:] * (1 - fade) + piece[:overlap] * fade
+        out = torch.cat([out[:-overlap], mixed, piece[overlap:]])
+    return out
+
+
+# -- a trained run -------------------------------------------------------------------------------
+class VocoderRun(GaussianRunBase):
+    """A trained vocoder: ``cond`` is a list of log-mel spectrograms (n_mels, F) (None = held-out test utterances);
+    a sample is a float32 waveform (L,), ``Samples.data`` an object array of them."""
+
+    task = "vocoder"
+    outputs: ClassVar[dict[str, str]] = {".wav": "a .wav file (one sample)", "": "a new folder (one WAV per sample)"}
+
+    @classmethod
+    def build(cls, cfg: Config, folder: Path) -> nn.Module:
+        return build_vocoder(cfg)
+
+    @property
+    def conditional(self) -> bool:
+        return False  # the mel is never dropped: no classifier-free guidance
+
+    def mel_of(self, wave: np.ndarray | Tensor) -> Tensor:
+        """The log-mel (n_mels, frames) of a waveform (L,) at the run's sample rate: the front end it trained on."""
+        from difflab.data.mel import log_mel
+
+        return log_mel(torch.as_tensor(np.asarray(wave, dtype=np.float32)), self.config.audio)
+
+    def check_mel(self, mel: Tensor) -> Tensor:
+        n_mels = self.config.audio.n_mels
+        if mel.ndim != 2 or mel.shape[0] != n_mels or mel.shape[1] < 2:
+            raise UserError(f"a log-mel spectrogram for this vocoder is ({n_mels}, frames) with 2 frames or more, got "
+                            f"shape {tuple(mel.shape)}: compute it with the run's audio settings (difflab.data.mel)")
+        return mel.float()
+
+    def vocode(self, mels: Sequence[Tensor | np.ndarray], *, sampler: str | None = None, steps: int | None = None,
+               seed: int = 0, batch_size: int | None = None, progress: bool = True,
+               **options: Any) -> list[np.ndarray]:
+        """Waveforms float32 (samples_for(F),) of log-mels (n_mels, F): every chunk of every mel drawn in batches
+        by ``sampler`` (``config.sample``'s when None), then stitched."""
+        from difflab.data.mel import samples_for
+
+        v, a = self.config.vocoder, self.config.audio
+        mels = [self.check_mel(torch.as_tensor(m)) for m in mels]
+        C = min(v.chunk_frames, max(m.shape[1] for m in mels))  # short inputs: chunks no longer than the longest
+        O = min(v.overlap_frames, C // 2 - 1) if C > 2 else 0
+        chunks = [chunk_mel(m, C, O, a.log_floor) for m in mels]  # (K_i, n_mels, C)
+        stacked = torch.cat(chunks)  # (K, n_mels, C)
+        S = C * a.hop_length
+
+        def cond_of(start: int, stop: int) -> dict[str, Tensor]:
+            return {"mel": stacked[start:stop].to(self.device)}
+
+        waves = torch.cat([w.cpu() for w in self.draw(len(stacked), (1, S), cond_of, sampler=sampler, steps=steps,
+                                                       seed=seed, batch_size=batch_size, progress=progress,
+                                                       unit="chunk", **options)])[:, 0]  # (K, S)
+        out, start = [], 0
+        for m, c in zip(mels, chunks):
+            wave = stitch(waves[start:start + len(c)], O * a.hop_length)
+            out.append(wave[:samples_for(m.shape[1], a)].clamp(-1, 1).numpy())
+            start += len(c)
+        return out
+
+    def held_out(self, n: int, seed: int = 0):
+        """``n`` test utterances (drawn with ``seed`` without repeats while the split has that many)."""
+        dataset = speech_dataset(self.config, "test")
+        pick = np.random.default_rng(seed).choice(len(dataset), size=n, replace=n > len(dataset))
+        return [dataset.waves[i] for i in pick], [(dataset.texts or [""] * len(dataset))[i] for i in pick], \
+            [dataset.speakers[i] for i in pick]
+
+    def sample(self, n: int, *, cond: Any = None, sampler: str | None = None, steps: int | None = None,
+               seed: int = 0, guidance: float | None = None, batch_size: int | None = None,
+               progress: bool = True, **options: Any) -> Samples:
+        """``n`` waveforms vocoded from the log-mels ``cond`` (None: of ``n`` held-out test utterances)."""
+        texts = [""] * n
+        if cond is None:
+            waves, texts, _ = self.held_out(n, seed)
+            cond = [self.mel_of(w) for w in waves]
+        if len(cond) != n:
+            raise ValueError(f"{len(cond)} spectrograms for {n} samples")
+        out = self.vocode(cond, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, progress=progress,
+                          **options)
+        data = np.empty(n, dtype=object)
+        data[:] = out
+        return Samples(data, {"texts": np.asarray(texts, dtype=str)})
+
+    def save(self, samples: Samples, out: Path) -> Path:
+        """A ``.wav`` (one sample) or a new folder of ``000000.wav`` ... with ``metadata.jsonl``."""
+        import json
+
+        from difflab.data.audio import write_wav
+        from difflab.paths import atomic_path
+
+        out, rate = Path(out), self.config.audio.sample_rate
+        if out.suffix.lower() == ".wav":
+            if len(samples) != 1:
+                raise UserError(f"{len(samples)} waveforms cannot go into one file {out}: pass --n 1 or a folder")
+            return write_wav(out, samples.data[0], rate)
+        check_sample_folder(out)
+        with atomic_path(out) as tmp:
+            tmp.mkdir(parents=True)
+            texts = samples.conditions.get("texts", [""] * len(samples))
+            lines = []
+            for i, (wave, text) in enumerate(zip(samples.data, texts)):
+                write_wav(tmp / f"{i:06d}.wav", wave, rate)
+                lines.append(json.dumps({"file_name": f"{i:06d}.wav", "text": str(text)}))
+            (tmp / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+        return out
+
+    def default_output(self, sampler: str, steps: int) -> Path:
+        return self.folder / "samples" / f"vocoded-{sampler}-{steps}"
+
+    def evaluate(self, n: int, *, seed: int = 0, sampler: str | None = None, steps: int | None = None,
+                 batch_size: int | None = None, progress: bool = True, griffin_lim_iters: int = 32,
+                 asr: bool = False, **options: Any) -> dict[str, Any]:
+        """``n`` held-out utterances vocoded from their log-mels, against the originals: MR-STFT distance, log-mel
+        L1 and real-time factor, beside Griffin-Lim (``griffin_lim_iters``) on the same mels; with ``asr``, the
+        word accuracy of offline recognition on each, relative to the originals'."""
+        from difflab.evaluate.audio import griffin_lim, log_mel_l1, mr_stft_distance, real_time_factor, transcribe
+        from difflab.evaluate.audio import word_accuracy
+
+        a = self.config.audio
+        waves, texts, speakers = self.held_out(n, seed)
+        mels = [self.mel_of(w) for w in waves]
+        t0 = time.perf_counter()
+        vocoded = self.vocode(mels, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size,
+                              progress=progress, **options)
+        seconds = time.perf_counter() - t0
+        baseline = [griffin_lim(m, a, n_iter=griffin_lim_iters, seed=seed) for m in mels]
+        samples = sum(len(w) for w in vocoded)
+
+        def scores(outs: list[np.ndarray]) -> dict[str, float]:
+            refs = [torch.from_numpy(np.asarray(w[:len(o)], dtype=np.float32)) for w, o in zip(waves, outs)]
+            mr = [float(mr_stft_distance(r[None], torch.from_numpy(o[:len(r)])[None])) for r, o in zip(refs, outs)]
+            l1 = [log_mel_l1(r, o[:len(r)], a) for r, o in zip(refs, outs)]
+            return {"mr_stft": float(np.mean(mr)), "log_mel_l1": float(np.mean(l1))}
+
+        out: dict[str, Any] = {"data": f"{self.config.data.name} test split", "outputs": "vocoded test utterances",
+                               **self.made_with(sampler, steps), "n": n, **scores(vocoded),
+                               "real_time_factor": real_time_factor(seconds, samples, a.sample_rate),
+                               "baseline": f"griffin-lim-{griffin_lim_iters}",
+                               **{f"baseline_{k}": v for k, v in scores(baseline).items()},
+                               "speakers": sorted(set(speakers))}
+        if asr and any(texts):
+            refs = [t for t in texts]
+            original = word_accuracy(refs, transcribe(waves, a.sample_rate))
+            out |= {"asr_original": original,
+                    "asr": word_accuracy(refs, transcribe(vocoded, a.sample_rate)),
+                    "asr_baseline": word_accuracy(refs, transcribe(baseline, a.sample_rate))}
+        return out
+
+    def nll(self, n: int, **_: Any) -> dict[str, Any]:
+        raise self._cannot("likelihood bound (`difflab eval --nll`): it is conditional on a spectrogram")
+
+    def report_sections(self) -> Sequence[Section]:
+        h = report_html
+        return h.config_section, h.training_section, h.metrics_section, h.environment_section
+
+    def request(self, args: argparse.Namespace, n: int | None, default_n: int) -> SampleRequest:
+        """``n`` held-out utterances vocoded (``difflab vocode`` takes a file of the user's)."""
+        return SampleRequest(n or default_n)
+
+
+def vocode_file(run: str | Path, source: str | Path, out: str | Path, *, device: torch.device | str = "cpu",
+                **sampling: Any) -> Path:
+    """``difflab vocode``: the waveform of ``source`` (an audio file, whose log-mel is taken with the run's front
+    end, or a ``.npy`` log-mel (n_mels, frames)) vocoded by the run ``run`` into the WAV ``out`` (checked first)."""
+    from difflab.data.audio import read_audio, write_wav
+    from difflab.files import check_output, read_npy, require_file
+    from difflab.tasks import load_run, run_class
+
+    out, source = Path(out), Path(source)
+    if out.suffix.lower() != ".wav":
+        raise UserError(f"cannot write a waveform to {out}: name a .wav file")
+    check_output(out, "output")
+    cfg, cls = run_class(run)
+    if cls is not VocoderRun:
+        from difflab.tasks.base import a_run
+        raise UserError(f"{run} is {a_run(cfg.task)}, not a vocoder run: pass a run of configs/speech_vocoder.yaml")
+    require_file(source, "input", "pass an audio file (.wav, .flac, .ogg) or a log-mel .npy (n_mels, frames)")
+    if source.suffix.lower() == ".npy":
+        mel = torch.from_numpy(read_npy(source, "log-mel file", "save a float array (n_mels, frames) with np.save"))
+    else:
+        mel = None
+        wave = read_audio(source, cfg.audio.sample_rate)
+    loaded = load_run(run, device)
+    assert isinstance(loaded, VocoderRun)
+    mel = loaded.check_mel(mel) if mel is not None else loaded.mel_of(wave)
+    return write_wav(out, loaded.vocode([mel], **sampling)[0], cfg.audio.sample_rate)
+
+
+TASK = VocoderTask
+RUN = VocoderRun
