@@ -166,6 +166,8 @@ CASES = [
          "model.text_encoder=scratch cascade.base_run={f}/nope", "not a run folder"),
     case("sample", "a cascade whose base stage is missing", "sample {f}/nobase", "does not exist"),
     case("sample", "a dynamic-thresholding percentile above 100", "sample {run} --dynamic-threshold 150", "percentile"),
+    case("vocode", "a run that is not a vocoder", "vocode {t2i} {f}/img.png --out {out}/v.wav", "not a vocoder run"),
+    case("vocode", "an output that is not a WAV", "vocode {t2i} {f}/img.png --out {out}/v.mp3", "name a .wav file"),
     case("upscale", "an input that is not an image", "upscale {cascade} {f}/afile --out {out}/u.png",
          "is not PNG, JPEG or WebP"),
     case("upscale", "an input that does not exist", "upscale {cascade} {f}/nope.png --out {out}/u.png", "not found"),
