@@ -317,6 +317,9 @@ def _add_vocode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run folder of a vocoder run (`difflab train configs/speech_vocoder.yaml`)")
     p.add_argument("input", help="audio file or log-mel .npy")
     p.add_argument("--out", required=True, help="WAV file to write")
+    p.add_argument("--refine", type=float, metavar="S",
+                   help="start from the Griffin-Lim waveform noised to strength S in (0, 1] instead of noise "
+                        "(SDEdit; 0 = from noise; default: the run's vocoder.refine)")
     _add_sampling_flags(p)
     p.set_defaults(func=cmd_vocode)
 
@@ -326,7 +329,7 @@ def cmd_vocode(args: argparse.Namespace) -> None:
 
     out = vocode_file(args.run, args.input, args.out, device=_device(args.device), sampler=args.sampler,
                       steps=args.steps, seed=args.seed, batch_size=args.batch_size, eta=args.eta,
-                      variance=args.variance, grid=args.grid)
+                      variance=args.variance, grid=args.grid, refine=args.refine)
     print(f"wrote {out}")
 
 

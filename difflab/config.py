@@ -334,8 +334,12 @@ class VocoderConfig:
     step_width: int = checked(256, POSITIVE)  # the step embedding after its two layers (DiffWave: 512)
     fold: int = checked(4, POSITIVE)  # samples per network position (1 = DiffWave); must divide audio.hop_length
     segment_frames: int = checked(32, at_least(2))  # training crops, in mel frames of audio.hop_length samples
-    chunk_frames: int = checked(256, at_least(2))  # sampling: mels cut into chunks this long, drawn as one batch
+    chunk_frames: int = checked(64, at_least(2))  # sampling: mels cut into chunks this long, drawn as one batch
     overlap_frames: int = checked(4, NON_NEGATIVE)  # ... overlapping by this much, cross-faded
+    # 0: sampling starts from noise; s in (0, 1]: from the Griffin-Lim waveform of the mel noised to time s (T - 1)
+    # (SDEdit, Meng et al. 2022: the diffusion model refines Griffin-Lim's phase instead of drawing a waveform)
+    refine: float = checked(0.0, UNIT_INTERVAL)
+    refine_iters: int = checked(32, POSITIVE)  # Griffin-Lim iterations of that start
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,23 @@ def captioned_grid(images: np.ndarray, captions: Sequence[str], ncol: int) -> np
 IMAGE_CHANNELS = (1, 3, 4)  # L, RGB, RGBA
 
 
+SPECTROGRAM_COLORMAP = "magma"
+
+
+def spectrograms(mels: Sequence[np.ndarray], captions: Sequence[str]) -> np.ndarray:
+    """Log-mel spectrograms (n_mels, F) as one captioned picture, a row each on a shared colour scale, low
+    frequencies at the bottom (rows padded to the longest); uint8 RGB (R, W', 3)."""
+    from matplotlib import colormaps
+
+    mels = [np.asarray(m, dtype=np.float32) for m in mels]
+    lo, hi = min(float(m.min()) for m in mels), max(float(m.max()) for m in mels)
+    cmap = colormaps[SPECTROGRAM_COLORMAP]
+    rows = [(cmap((m[::-1] - lo) / max(hi - lo, 1e-12))[..., :3] * 255).astype(np.uint8) for m in mels]  # (M, F, 3)
+    W = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, W - r.shape[1]), (0, 0))) for r in rows]
+    return captioned_grid(np.stack(rows), list(captions), 1)
+
+
 def check_images(images: np.ndarray, what: str, fix: str) -> np.ndarray:
     """``images`` when it is what difflab writes, uint8 (N, H, W, C) with C in 1, 3, 4; else one line."""
     if images.dtype != np.uint8:

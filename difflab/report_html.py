@@ -111,6 +111,25 @@ def figure_data_uri(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def wav_data_uri(wave: np.ndarray, sample_rate: int) -> str:
+    """A float waveform (L,) in [-1, 1] as a 16-bit ``data:audio/wav;base64,...`` URI."""
+    import wave as wav
+
+    pcm = (np.clip(np.asarray(wave, dtype=np.float64), -1, 1) * 32767).round().astype("<i2")
+    buf = bytes_io.BytesIO()
+    with wav.open(buf, "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(sample_rate)
+        f.writeframes(pcm.tobytes())
+    return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def audio_tag(uri: str, label: str) -> str:
+    """An ``<audio>`` player of a data URI, with its label."""
+    return f'<figure class="audio"><figcaption>{html.escape(label)}</figcaption><audio controls src="{uri}"></audio></figure>'
+
+
 def _img(uri: str, alt: str, css: str = "") -> str:
     return f'<img src="{uri}" alt="{html.escape(alt)}"{f" class={css!r}" if css else ""}>'
 

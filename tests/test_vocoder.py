@@ -188,3 +188,46 @@ def test_a_vocoder_needs_speech_data():
         VocoderTask(apply_overrides(Config(), [*TINY_VOCODER, "data.name=shapes"]))
     with pytest.raises(UserError, match="vocoder.fold=3 must divide audio.hop_length=64"):
         VocoderTask(apply_overrides(Config(), [*TINY_VOCODER, "vocoder.fold=3"]))
+
+
+def test_the_report_plays_held_out_utterances(vocoder_run):
+    import base64
+    import io as bytes_io
+
+    from difflab import report_html
+    from difflab.tasks.vocoder import listen_section
+
+    run, _ = vocoder_run
+    ctx = report_html.load_context(load_run(run), samples=2, progress=False)
+    title, body = listen_section(ctx)
+    assert title == "Listen" and body.count("<audio controls") == 6 and body.count("data:image/png;base64,") == 2
+    wave = np.sin(np.linspace(0, 40, 800)) * 0.5
+    uri = report_html.wav_data_uri(wave, RATE)
+    data, rate = sf.read(bytes_io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert rate == RATE and np.abs(data - wave).max() < 1 / 32767 + 1e-9
+
+
+def test_refining_starts_from_the_griffin_lim_waveform(vocoder_run, monkeypatch):
+    """refine s: each chunk begins at q(x_t0 | Griffin-Lim chunk), t0 = s (T - 1), then the grid below t0."""
+    from difflab import samplers
+    from difflab.samplers import sdedit_grid
+
+    grid = torch.tensor([42.9, 23.0, 10.5, 4.1, 0.96, 0.0], dtype=torch.float64)
+    assert torch.equal(sdedit_grid(grid, 12.25), torch.tensor([12.25, 10.5, 4.1, 0.96, 0.0], dtype=torch.float64))
+    run, tones = vocoder_run
+    loaded = load_run(run)
+    seen = {}
+    real = samplers.get_sampler("ddpm")
+
+    def spy(denoiser, x_T, schedule, timesteps, **kw):
+        seen["t"], seen["x"] = timesteps, x_T
+        return real(denoiser, x_T, schedule, timesteps, **kw)
+
+    monkeypatch.setitem(samplers.SAMPLERS, "ddpm", spy)
+    mel = loaded.mel_of(sf.read(tones / "tone4.wav")[0])
+    out = loaded.vocode([mel], refine=0.25, seed=0, progress=False)[0]
+    assert float(seen["t"][0]) == pytest.approx(0.25 * 49) and (seen["t"][1:] < 0.25 * 49).all()
+    assert len(out) == (mel.shape[1] - 1) * 64
+    with pytest.raises(UserError, match="strength"):
+        samplers.sample("ddim", lambda x, t, c: x, (1, 4), make_schedule("linear", T=50), steps=2,
+                        start=torch.zeros(1, 4), strength=1.5)

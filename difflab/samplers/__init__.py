@@ -48,7 +48,7 @@ def default_grid(name: str, steps: int) -> str:
     return grid if steps <= most else DEFAULT_GRID[name]
 
 
-__all__ = ["DEFAULT_GRID", "FEW_STEPS_GRID", "SAMPLERS", "Sampler", "check_sample_config", "default_grid", "get_sampler", "sample", "ddim",
+__all__ = ["DEFAULT_GRID", "FEW_STEPS_GRID", "SAMPLERS", "Sampler", "check_sample_config", "default_grid", "get_sampler", "sample", "sdedit_grid", "ddim",
            "ddpm", "dpmpp_2m", "dpmpp_3m", "euler", "heun"]
 
 
@@ -71,17 +71,28 @@ def check_sample_config(s: SampleConfig, schedule: Schedule) -> None:
                         f"sample.variance) would not sample: {e}") from None
 
 
+def sdedit_grid(timesteps: Tensor, t_start: float) -> Tensor:
+    """A descending grid (N,) cut to start at ``t_start``: t_start, then the grid's times below it (SDEdit)."""
+    below = timesteps[timesteps < t_start]
+    return torch.cat([torch.tensor([t_start], dtype=timesteps.dtype), below])
+
+
 def sample(name: str, denoiser: Denoiser, shape: tuple[int, ...], schedule: Schedule, *, steps: int,
            grid: str | None = None, cond: Cond | None = None, generator: torch.Generator | None = None,
            device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-           progress: bool = False, **options: Any) -> Tensor:
+           progress: bool = False, start: Tensor | None = None, strength: float = 1.0, **options: Any) -> Tensor:
     """Draw x_T ~ N(0, I) with ``generator`` and run the sampler ``name`` over ``steps`` steps.
+
+    With ``start`` (B, ...), a guess of the clean data, the reverse process begins from it noised instead
+    (SDEdit, Meng et al. 2022, Sec. 3): x_{t0} ~ q(x_{t0} | start) at t0 = ``strength`` (T - 1), then the
+    grid's times below t0 (:func:`sdedit_grid`); strength 1 is the whole process from noise of the guess.
 
     Args:
         shape: (B, ...) of the samples.
         grid: step grid kind (:data:`difflab.schedules.GRIDS`); None = :func:`default_grid`.
         device: where the samples live (default: the generator's device, else the CPU).
         dtype: the dtype of x_T and of the sampler's arithmetic.
+        start, strength: the guess and how much noise covers it (in (0, 1]).
         options: the sampler's own options (``eta`` for ddim, ``variance`` for ddpm).
 
     Returns:
@@ -91,4 +102,10 @@ def sample(name: str, denoiser: Denoiser, shape: tuple[int, ...], schedule: Sche
     timesteps = step_grid(schedule, steps, grid or default_grid(name, steps))
     device = torch.device(device) if device is not None else generator.device if generator is not None else None
     x_T = randn(shape, generator, device, dtype)
+    if start is not None:
+        if not 0 < strength <= 1:
+            raise UserError(f"the strength of a start must be in (0, 1], got {strength}: e.g. 0.3")
+        timesteps = sdedit_grid(timesteps, strength * (schedule.T - 1))
+        t0 = torch.full((shape[0],), float(timesteps[0]), device=x_T.device)
+        x_T = schedule.q_sample(start.to(x_T.device, dtype), t0, x_T)  # x_{t0} = sqrt(ab) start + sqrt(1 - ab) eps
     return fn(denoiser, x_T, schedule, timesteps, cond=cond, generator=generator, progress=progress, **options)

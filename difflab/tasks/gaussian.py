@@ -114,10 +114,12 @@ class GaussianRunBase(RunBase):
     def draw(self, n: int, shape: tuple[int, ...], cond_of: Callable[[int, int], Cond | None], *,
              sampler: str | None = None, steps: int | None = None, seed: int = 0, guidance: float | None = None,
              batch_size: int | None = None, progress: bool = True, unit: str = "sample",
-             dynamic_threshold: float | None = None, **options: Any) -> list[Tensor]:
+             dynamic_threshold: float | None = None, start_of: Callable[[int, int], Tensor] | None = None,
+             strength: float = 1.0, **options: Any) -> list[Tensor]:
         """``n`` samples of ``shape`` (one sample's) in batches; ``cond_of(start, stop)`` is the network's
-        condition of samples start..stop (None: unconditional); ``dynamic_threshold`` as :meth:`denoiser`.
-        Returns the batches (B, *shape)."""
+        condition of samples start..stop (None: unconditional); ``dynamic_threshold`` as :meth:`denoiser`;
+        ``start_of(start, stop)`` a guess of those samples to begin from at ``strength`` (SDEdit,
+        :func:`difflab.samplers.sample`). Returns the batches (B, *shape)."""
         check_count(n)
         sampler, steps, grid, opts = self.sampler_options(sampler, steps, options)
         denoiser = self.denoiser(guidance, dynamic_threshold)
@@ -129,7 +131,8 @@ class GaussianRunBase(RunBase):
             stop = min(n, start + batch_size)
             out.append(sample(sampler, denoiser, (stop - start, *shape), self.schedule, steps=steps, grid=grid,
                               cond=cond_of(start, stop), generator=generator, device=self.device,
-                              progress=progress and n <= batch_size, **opts))
+                              progress=progress and n <= batch_size, strength=strength,
+                              start=None if start_of is None else start_of(start, stop), **opts))
             bar.update(stop - start)
         bar.close()
         return out

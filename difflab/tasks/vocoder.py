@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from difflab import report_html
-from difflab.config import Config
+from difflab.config import AudioConfig, Config
 from difflab.errors import UserError
 from difflab.models.wavenet import DiffWave
 from difflab.schedules import Schedule, schedule_from_config
@@ -151,6 +151,16 @@ def chunk_mel(mel: Tensor, chunk: int, overlap: int, floor: float) -> Tensor:
     return torch.stack([padded[:, k * hop:k * hop + chunk] for k in range(K)])  # (K, n_mels, chunk)
 
 
+def chunk_wave(wave: Tensor, chunks: int, chunk: int, overlap: int, hop: int) -> Tensor:
+    """The waveform (L,) under the mel chunks of :func:`chunk_mel` (``chunks`` of ``chunk`` frames, ``overlap``
+    apart, ``hop`` samples a frame): (K, chunk hop), zero past its end."""
+    step, S = (chunk - overlap) * hop, chunk * hop
+    padded = torch.zeros((chunks - 1) * step + S, dtype=wave.dtype)
+    n = min(len(wave), len(padded))
+    padded[:n] = wave[:n]
+    return torch.stack([padded[k * step:k * step + S] for k in range(chunks)])  # (K, S)
+
+
 def stitch(pieces: Tensor, overlap: int) -> Tensor:
     """Waveform chunks (K, S) overlapping by ``overlap`` samples, joined with a linear cross-fade: (K S - (K-1) o,)."""
     K, S = pieces.shape
@@ -162,6 +172,20 @@ def stitch(pieces: Tensor, overlap: int) -> Tensor:
         mixed = out[-overlap:] * (1 - fade) + piece[:overlap] * fade
         out = torch.cat([out[:-overlap], mixed, piece[overlap:]])
     return out
+
+
+def fidelity(references: Sequence[np.ndarray], outputs: Sequence[np.ndarray], cfg: AudioConfig) -> dict[str, float]:
+    """Mean MR-STFT distance and log-mel L1 of waveforms ``outputs`` against their ``references`` (each pair cut
+    to the shorter)."""
+    from difflab.evaluate.audio import log_mel_l1, mr_stft_distance
+
+    mr, l1 = [], []
+    for ref, out in zip(references, outputs):
+        L = min(len(ref), len(out))
+        r, o = (torch.from_numpy(np.asarray(w[:L], dtype=np.float32)) for w in (ref, out))
+        mr.append(float(mr_stft_distance(r[None], o[None])))
+        l1.append(log_mel_l1(r, o, cfg))
+    return {"mr_stft": float(np.mean(mr)), "log_mel_l1": float(np.mean(l1))}
 
 
 # -- a trained run -------------------------------------------------------------------------------
@@ -194,11 +218,13 @@ class VocoderRun(GaussianRunBase):
         return mel.float()
 
     def vocode(self, mels: Sequence[Tensor | np.ndarray], *, sampler: str | None = None, steps: int | None = None,
-               seed: int = 0, batch_size: int | None = None, progress: bool = True,
+               seed: int = 0, batch_size: int | None = None, progress: bool = True, refine: float | None = None,
                **options: Any) -> list[np.ndarray]:
         """Waveforms float32 (samples_for(F),) of log-mels (n_mels, F): every chunk of every mel drawn in batches
-        by ``sampler`` (``config.sample``'s when None), then stitched."""
+        by ``sampler`` (``config.sample``'s when None), then stitched; ``refine`` (None = ``vocoder.refine``; 0 =
+        from noise) starts each chunk from its Griffin-Lim waveform noised to that strength (SDEdit)."""
         from difflab.data.mel import samples_for
+        from difflab.evaluate.audio import griffin_lim
 
         v, a = self.config.vocoder, self.config.audio
         mels = [self.check_mel(torch.as_tensor(m)) for m in mels]
@@ -211,9 +237,21 @@ class VocoderRun(GaussianRunBase):
         def cond_of(start: int, stop: int) -> dict[str, Tensor]:
             return {"mel": stacked[start:stop].to(self.device)}
 
+        strength = v.refine if refine is None else refine
+        if not 0 <= strength <= 1:
+            raise UserError(f"--refine must be in [0, 1] (0: from noise), got {strength}: e.g. --refine 0.1")
+        start_of = None
+        if strength > 0:
+            guesses = torch.cat([chunk_wave(torch.from_numpy(griffin_lim(m, a, n_iter=v.refine_iters, seed=seed)),
+                                            len(c), C, O, a.hop_length) for m, c in zip(mels, chunks)])  # (K, S)
+
+            def start_of(start: int, stop: int) -> Tensor:
+                return guesses[start:stop, None]  # (B, 1, S)
+
         waves = torch.cat([w.cpu() for w in self.draw(len(stacked), (1, S), cond_of, sampler=sampler, steps=steps,
                                                        seed=seed, batch_size=batch_size, progress=progress,
-                                                       unit="chunk", **options)])[:, 0]  # (K, S)
+                                                       unit="chunk", start_of=start_of, strength=strength or 1.0,
+                                                       **options)])[:, 0]  # (K, S)
         out, start = [], 0
         for m, c in zip(mels, chunks):
             wave = stitch(waves[start:start + len(c)], O * a.hop_length)
@@ -272,12 +310,11 @@ class VocoderRun(GaussianRunBase):
 
     def evaluate(self, n: int, *, seed: int = 0, sampler: str | None = None, steps: int | None = None,
                  batch_size: int | None = None, progress: bool = True, griffin_lim_iters: int = 32,
-                 asr: bool = False, **options: Any) -> dict[str, Any]:
+                 asr: bool = True, **options: Any) -> dict[str, Any]:
         """``n`` held-out utterances vocoded from their log-mels, against the originals: MR-STFT distance, log-mel
-        L1 and real-time factor, beside Griffin-Lim (``griffin_lim_iters``) on the same mels; with ``asr``, the
-        word accuracy of offline recognition on each, relative to the originals'."""
-        from difflab.evaluate.audio import griffin_lim, log_mel_l1, mr_stft_distance, real_time_factor, transcribe
-        from difflab.evaluate.audio import word_accuracy
+        L1 and real-time factor, beside Griffin-Lim (``griffin_lim_iters``) on the same mels; with ``asr`` (and
+        transcripts), the word accuracy of offline recognition on each and on the originals."""
+        from difflab.evaluate.audio import griffin_lim, real_time_factor, transcribe, word_accuracy
 
         a = self.config.audio
         waves, texts, speakers = self.held_out(n, seed)
@@ -288,25 +325,16 @@ class VocoderRun(GaussianRunBase):
         seconds = time.perf_counter() - t0
         baseline = [griffin_lim(m, a, n_iter=griffin_lim_iters, seed=seed) for m in mels]
         samples = sum(len(w) for w in vocoded)
-
-        def scores(outs: list[np.ndarray]) -> dict[str, float]:
-            refs = [torch.from_numpy(np.asarray(w[:len(o)], dtype=np.float32)) for w, o in zip(waves, outs)]
-            mr = [float(mr_stft_distance(r[None], torch.from_numpy(o[:len(r)])[None])) for r, o in zip(refs, outs)]
-            l1 = [log_mel_l1(r, o[:len(r)], a) for r, o in zip(refs, outs)]
-            return {"mr_stft": float(np.mean(mr)), "log_mel_l1": float(np.mean(l1))}
-
         out: dict[str, Any] = {"data": f"{self.config.data.name} test split", "outputs": "vocoded test utterances",
-                               **self.made_with(sampler, steps), "n": n, **scores(vocoded),
+                               **self.made_with(sampler, steps), "n": n, **fidelity(waves, vocoded, a),
                                "real_time_factor": real_time_factor(seconds, samples, a.sample_rate),
                                "baseline": f"griffin-lim-{griffin_lim_iters}",
-                               **{f"baseline_{k}": v for k, v in scores(baseline).items()},
+                               **{f"baseline_{k}": v for k, v in fidelity(waves, baseline, a).items()},
                                "speakers": sorted(set(speakers))}
         if asr and any(texts):
-            refs = [t for t in texts]
-            original = word_accuracy(refs, transcribe(waves, a.sample_rate))
-            out |= {"asr_original": original,
-                    "asr": word_accuracy(refs, transcribe(vocoded, a.sample_rate)),
-                    "asr_baseline": word_accuracy(refs, transcribe(baseline, a.sample_rate))}
+            out |= {"asr_original": word_accuracy(texts, transcribe(waves, a.sample_rate)),
+                    "asr": word_accuracy(texts, transcribe(vocoded, a.sample_rate)),
+                    "asr_baseline": word_accuracy(texts, transcribe(baseline, a.sample_rate))}
         return out
 
     def nll(self, n: int, **_: Any) -> dict[str, Any]:
@@ -314,11 +342,40 @@ class VocoderRun(GaussianRunBase):
 
     def report_sections(self) -> Sequence[Section]:
         h = report_html
-        return h.config_section, h.training_section, h.metrics_section, h.environment_section
+        return h.config_section, h.training_section, listen_section, h.metrics_section, h.environment_section
 
     def request(self, args: argparse.Namespace, n: int | None, default_n: int) -> SampleRequest:
         """``n`` held-out utterances vocoded (``difflab vocode`` takes a file of the user's)."""
         return SampleRequest(n or default_n)
+
+
+LISTEN_UTTERANCES = 4  # held-out utterances a report plays
+
+
+def listen_section(ctx: Any) -> tuple[str, str]:
+    """A report's "Listen": held-out utterances as players (original, Griffin-Lim 32, the vocoder at the run's
+    sampler) and their log-mel spectrograms side by side."""
+    import html
+
+    from difflab import grids
+    from difflab.evaluate.audio import griffin_lim
+
+    run: VocoderRun = ctx.loaded
+    a, h = run.config.audio, report_html
+    waves, texts, speakers = run.held_out(min(ctx.samples, LISTEN_UTTERANCES), ctx.seed)
+    mels = [run.mel_of(w) for w in waves]
+    vocoded = run.vocode(mels, seed=ctx.seed, progress=False)
+    parts = []
+    for wave, mel, voc, text, speaker in zip(waves, mels, vocoded, texts, speakers):
+        gl = griffin_lim(mel, a, seed=ctx.seed)
+        versions = {"original": wave, "griffin-lim 32": gl, f"difflab ({run.config.sample.sampler}, "
+                    f"{run.config.sample.steps} steps)": voc}
+        players = "".join(h.audio_tag(h.wav_data_uri(w, a.sample_rate), k) for k, w in versions.items())
+        picture = grids.spectrograms([run.mel_of(w).numpy() for w in versions.values()], list(versions))
+        parts.append(f'<div class="utterance"><p>{html.escape(speaker)}: "{html.escape(text)}"</p>{players}'
+                     f'<img src="{h.png_data_uri(picture)}" alt="log-mel spectrograms"></div>')
+    note = f"checkpoint step {ctx.checkpoint_step} (EMA weights), seed {ctx.seed}, held-out test utterances"
+    return "Listen", f'<p class="note">{html.escape(note)}</p>{"".join(parts)}'
 
 
 def vocode_file(run: str | Path, source: str | Path, out: str | Path, *, device: torch.device | str = "cpu",
