@@ -340,6 +340,14 @@ class VocoderConfig:
     # (SDEdit, Meng et al. 2022: the diffusion model refines Griffin-Lim's phase instead of drawing a waveform)
     refine: float = checked(0.0, UNIT_INTERVAL)
     refine_iters: int = checked(32, POSITIVE)  # Griffin-Lim iterations of that start
+    # standard: eps ~ N(0, I); priorgrad: eps ~ N(0, diag(sigma^2)) with sigma of each sample from its mel frame's
+    # energy (PriorGrad, Lee et al. 2022): quiet where the speech is quiet, so the model need not carve silence
+    # out of unit noise
+    prior: str = checked("standard", one_of("standard", "priorgrad"))
+    prior_min_std: float = checked(1e-3, POSITIVE)  # priorgrad: the smallest sigma (of the [-1, 1] waveform)
+    # priorgrad: sigma = prior_scale * (RMS over bands of the mel magnitude); None = fitted on the training frames
+    # (least squares against the waveform's frame RMS) when training starts, and stored in the run
+    prior_scale: float | None = checked(None, POSITIVE, example=0.05)
 
 
 @dataclass(frozen=True)

@@ -231,3 +231,49 @@ def test_refining_starts_from_the_griffin_lim_waveform(vocoder_run, monkeypatch)
     with pytest.raises(UserError, match="strength"):
         samplers.sample("ddim", lambda x, t, c: x, (1, 4), make_schedule("linear", T=50), steps=2,
                         start=torch.zeros(1, 4), strength=1.5)
+
+
+# -- PriorGrad ---------------------------------------------------------------------------------------
+def test_priorgrads_sigma_follows_the_loudness_of_the_frames():
+    from difflab.data.mel import log_mel
+    from difflab.tasks.vocoder import fit_prior_scale, prior_sigma
+
+    cfg = apply_overrides(Config(), [*TINY_VOCODER, "vocoder.prior=priorgrad", "vocoder.prior_min_std=1e-4"])
+    t = np.arange(RATE) / RATE
+    wave = torch.from_numpy((np.sin(2 * np.pi * 440 * t) * np.where(t < 0.5, 0.5, 0.05)).astype(np.float32))
+    mel = log_mel(wave, cfg.audio)  # (20, 126)
+    scale = fit_prior_scale([wave], [mel], 64)
+    cfg = apply_overrides(cfg, [f"vocoder.prior_scale={scale}"])
+    sigma = prior_sigma(mel[None], len(wave), cfg)[0, 0]  # (L,)
+    loud, quiet = sigma[1000:3000].mean(), sigma[5000:7000].mean()
+    assert float(loud / quiet) == pytest.approx(10, rel=0.1)  # the amplitudes' ratio
+    assert float(loud) == pytest.approx(0.5 / np.sqrt(2), rel=0.15)  # the loud half's RMS
+
+
+def test_the_whitened_network_is_priorgrads_noise_prediction():
+    """Standard diffusion on y = x / sigma with z ~ N(0, I) is diffusion on x with eps = sigma z."""
+    from difflab.models.wavenet import Whitened
+
+    torch.manual_seed(0)
+    net = DiffWave(n_mels=20, hop=64, channels=8, layers=2, dilation_cycle=2, step_features=16, step_width=16)
+    torch.nn.init.normal_(net.output.weight)
+    schedule = make_schedule("linear", T=50, beta_start=1e-4, beta_end=0.05)
+    x0, z, sigma = torch.randn(2, 1, 640) * 0.1, torch.randn(2, 1, 640), torch.rand(2, 1, 640) + 0.1
+    t, mel = torch.tensor([5.0, 30.0]), torch.randn(2, 20, 11)
+    y_t = schedule.q_sample(x0 / sigma, t, z)
+    x_t = schedule.q_sample(x0, t, sigma * z)
+    assert torch.allclose(sigma * y_t, x_t, atol=1e-6)
+    assert torch.allclose(Whitened(net)(y_t, t, sigma=sigma, mel=mel), net(x_t, t, mel=mel) / sigma, atol=1e-5)
+
+
+def test_a_priorgrad_run_trains_stores_its_scale_and_vocodes(vocoder_run, tmp_path):
+    run, tones = vocoder_run
+    out = tmp_path / "pg"
+    assert main(["train", "--out", str(out), "--no-progress", "--max-steps", "20", "--set", *TINY_VOCODER,
+                 f"data.path={tones}", "vocoder.prior=priorgrad"]) == 0
+    loaded = load_run(out)
+    assert loaded.config.vocoder.prior_scale > 0
+    mel = loaded.mel_of(sf.read(tones / "tone5.wav")[0])
+    for refine in (0.0, 0.1):
+        wave = loaded.vocode([mel], refine=refine, seed=0, progress=False)[0]
+        assert len(wave) == (mel.shape[1] - 1) * 64 and np.isfinite(wave).all() and np.abs(wave).max() <= 1

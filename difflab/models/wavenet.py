@@ -133,4 +133,19 @@ class DiffWave(nn.Module):
         return self.output(h).transpose(1, 2).reshape(B, 1, L)  # (B, k, P) -> (B, 1, L)
 
 
-__all__ = ["DiffWave", "MelUpsampler", "upsample_strides"]
+class Whitened(nn.Module):
+    """A noise predictor of x_t seen in the whitened variable y = x / sigma (PriorGrad, Lee et al. 2022, Sec. 3):
+    ``forward(y_t, t, sigma=..., **cond) = net(sigma y_t, t, **cond) / sigma``. Standard diffusion on y, whose
+    noise z ~ N(0, I), is PriorGrad's diffusion on x with eps = sigma z ~ N(0, diag(sigma^2)), and Algorithm 1 on y
+    is its loss ||eps - eps_hat||^2 weighted by Sigma^-1."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, y: Tensor, t: Tensor, *, sigma: Tensor, **cond: Tensor) -> Tensor:
+        """y_t (B, 1, L), t (B,), sigma (B, 1, L) > 0 -> z_hat (B, 1, L)."""
+        return self.net(y * sigma, t, **cond) / sigma
+
+
+__all__ = ["DiffWave", "MelUpsampler", "Whitened", "upsample_strides"]

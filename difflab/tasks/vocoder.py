@@ -31,11 +31,12 @@ from torch import Tensor, nn
 
 from difflab import report_html
 from difflab.config import AudioConfig, Config
+from difflab.denoisers import Denoiser
 from difflab.errors import UserError
-from difflab.models.wavenet import DiffWave
+from difflab.models.wavenet import DiffWave, Whitened
 from difflab.schedules import Schedule, schedule_from_config
 from difflab.tasks.base import SampleRequest, Samples, Section, check_sample_folder
-from difflab.tasks.gaussian import GaussianRunBase, algorithm1
+from difflab.tasks.gaussian import GaussianRunBase, algorithm1, guided_denoiser
 
 AUDIO_DATASETS = ("speech", "audio-folder")
 
@@ -72,12 +73,50 @@ def speech_dataset(cfg: Config, split: str = "train"):
     return load_audio_folder(d.path, a.sample_rate, split, a.segment_seconds)
 
 
-def build_vocoder(cfg: Config) -> DiffWave:
-    """The DiffWave network of ``cfg.vocoder`` for the log-mels of ``cfg.audio``."""
+def build_vocoder(cfg: Config) -> nn.Module:
+    """The DiffWave network of ``cfg.vocoder`` for the log-mels of ``cfg.audio`` (seen in the whitened variable
+    with ``vocoder.prior: priorgrad``)."""
     v, a = cfg.vocoder, cfg.audio
-    return DiffWave(n_mels=a.n_mels, hop=a.hop_length, channels=v.channels, layers=v.layers,
-                    dilation_cycle=v.dilation_cycle, step_features=v.step_features, step_width=v.step_width,
-                    fold=v.fold)
+    net = DiffWave(n_mels=a.n_mels, hop=a.hop_length, channels=v.channels, layers=v.layers,
+                   dilation_cycle=v.dilation_cycle, step_features=v.step_features, step_width=v.step_width,
+                   fold=v.fold)
+    return Whitened(net) if v.prior == "priorgrad" else net
+
+
+# -- PriorGrad's data-dependent prior ------------------------------------------------------------
+def mel_energy(mel: Tensor) -> Tensor:
+    """(..., n_mels, F) log-mels -> (..., F): the RMS over bands of the mel magnitude exp(mel)."""
+    return mel.exp().pow(2).mean(dim=-2).sqrt()
+
+
+def frame_of(samples: int, hop: int, frames: int, device: torch.device | None = None) -> Tensor:
+    """(samples,) the frame whose centre (j hop) is nearest each sample, at most ``frames`` - 1."""
+    return ((torch.arange(samples, device=device) + hop // 2) // hop).clamp(max=frames - 1)
+
+
+def fit_prior_scale(waves: Sequence[Tensor], mels: Sequence[Tensor], hop: int) -> float:
+    """c of sigma = c * mel energy: least squares of each frame's waveform RMS (its nearest samples) on its
+    :func:`mel_energy`, over every frame of ``waves`` (L,) and their ``mels`` (n_mels, F)."""
+    num = den = 0.0
+    for w, m in zip(waves, mels):
+        index = frame_of(len(w), hop, m.shape[-1], w.device)  # (L,)
+        sums = torch.zeros(m.shape[-1], device=w.device).index_add_(0, index, w.double().pow(2).float())
+        counts = torch.bincount(index, minlength=m.shape[-1]).clamp(min=1)
+        rms, e = (sums / counts).sqrt(), mel_energy(m)  # (F,) each
+        num, den = num + float((rms * e).sum()), den + float((e * e).sum())
+    if not den > 0:
+        raise UserError("the training audio is silent: PriorGrad's prior cannot be fitted (vocoder.prior=standard)")
+    return num / den
+
+
+def prior_sigma(mel: Tensor, samples: int, cfg: Config) -> Tensor:
+    """PriorGrad's per-sample std (B, 1, samples) of log-mels (B, n_mels, F): vocoder.prior_scale times each
+    sample's nearest frame's energy, at least vocoder.prior_min_std."""
+    v = cfg.vocoder
+    if v.prior_scale is None:
+        raise ValueError("vocoder.prior_scale is unset: the task fits it (fit_prior_scale)")
+    sigma = (v.prior_scale * mel_energy(mel)).clamp(min=v.prior_min_std)  # (B, F)
+    return sigma[:, frame_of(samples, cfg.audio.hop_length, mel.shape[-1], mel.device)][:, None]  # (B, 1, samples)
 
 
 class VocoderTask:
@@ -107,6 +146,10 @@ class VocoderTask:
                             "long: lower vocoder.segment_frames or add longer audio")
         # crops start at frame s = 0 .. L // hop - F of an utterance; utterances drawn by their count of crops
         self.last_start = torch.tensor([len(w) // hop - F for w in self.waves])  # (U,)
+        v = self.config.vocoder
+        if v.prior == "priorgrad" and v.prior_scale is None:  # fitted once, stored in the run's config
+            scale = fit_prior_scale(self.waves, self.mels, hop)
+            self.config = replace(self.config, vocoder=replace(v, prior_scale=scale))
 
     def to(self, device: torch.device) -> None:
         self.waves = [w.to(device) for w in self.waves]
@@ -119,7 +162,8 @@ class VocoderTask:
         return build_vocoder(self.config)
 
     def batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
-        """x0 (B, 1, F hop) random crops and ``mel`` (B, n_mels, F), their frames."""
+        """x0 (B, 1, F hop) random crops and ``mel`` (B, n_mels, F), their frames; with PriorGrad, x0 / sigma and
+        ``sigma`` (B, 1, F hop) (:class:`~difflab.models.wavenet.Whitened`)."""
         F, hop = self.config.vocoder.segment_frames, self.config.audio.hop_length
         g_device = generator.device
         weights = (self.last_start + 1).double().to(g_device)
@@ -128,7 +172,11 @@ class VocoderTask:
         starts = (u * (self.last_start[index] + 1)).long().clamp(max=self.last_start[index])  # (B,)
         x0 = torch.stack([self.waves[i][s * hop:(s + F) * hop] for i, s in zip(index.tolist(), starts.tolist())])
         mel = torch.stack([self.mels[i][:, s:s + F] for i, s in zip(index.tolist(), starts.tolist())])
-        return x0[:, None], {"mel": mel}  # (B, 1, F hop), (B, n_mels, F)
+        x0 = x0[:, None]  # (B, 1, F hop)
+        if self.config.vocoder.prior == "priorgrad":
+            sigma = prior_sigma(mel, x0.shape[-1], self.config)  # (B, 1, F hop)
+            return x0 / sigma, {"mel": mel, "sigma": sigma}
+        return x0, {"mel": mel}
 
     def loss(self, model: nn.Module, batch_size: int, generator: torch.Generator) -> Tensor:
         """Algorithm 1 on a random :meth:`batch` of crops, the mel a condition."""
@@ -204,6 +252,14 @@ class VocoderRun(GaussianRunBase):
     def conditional(self) -> bool:
         return False  # the mel is never dropped: no classifier-free guidance
 
+    def denoiser(self, guidance: float | None = None, dynamic_threshold: float | None = None) -> Denoiser:
+        """As every run's; with PriorGrad without the static clip (x0 / sigma is not in [-1, 1]: the waveform is
+        clipped when it is made)."""
+        cfg = self.config
+        if cfg.vocoder.prior == "priorgrad":
+            cfg = replace(cfg, sample=replace(cfg.sample, clip_x0=False))
+        return guided_denoiser(self.model, self.schedule, cfg, guidance, dynamic_threshold)
+
     def mel_of(self, wave: np.ndarray | Tensor) -> Tensor:
         """The log-mel (n_mels, frames) of a waveform (L,) at the run's sample rate: the front end it trained on."""
         from difflab.data.mel import log_mel
@@ -234,8 +290,12 @@ class VocoderRun(GaussianRunBase):
         stacked = torch.cat(chunks)  # (K, n_mels, C)
         S = C * a.hop_length
 
+        whitened = v.prior == "priorgrad"
+        sigma = prior_sigma(stacked, S, self.config) if whitened else torch.ones(1)  # (K, 1, S)
+
         def cond_of(start: int, stop: int) -> dict[str, Tensor]:
-            return {"mel": stacked[start:stop].to(self.device)}
+            cond = {"mel": stacked[start:stop].to(self.device)}
+            return cond | {"sigma": sigma[start:stop].to(self.device)} if whitened else cond
 
         strength = v.refine if refine is None else refine
         if not 0 <= strength <= 1:
@@ -246,12 +306,13 @@ class VocoderRun(GaussianRunBase):
                                             len(c), C, O, a.hop_length) for m, c in zip(mels, chunks)])  # (K, S)
 
             def start_of(start: int, stop: int) -> Tensor:
-                return guesses[start:stop, None]  # (B, 1, S)
+                return guesses[start:stop, None] / (sigma[start:stop] if whitened else 1.0)  # (B, 1, S)
 
         waves = torch.cat([w.cpu() for w in self.draw(len(stacked), (1, S), cond_of, sampler=sampler, steps=steps,
                                                        seed=seed, batch_size=batch_size, progress=progress,
                                                        unit="chunk", start_of=start_of, strength=strength or 1.0,
-                                                       **options)])[:, 0]  # (K, S)
+                                                       **options)])  # (K, 1, S)
+        waves = (waves * sigma if whitened else waves)[:, 0]  # (K, S)
         out, start = [], 0
         for m, c in zip(mels, chunks):
             wave = stitch(waves[start:start + len(c)], O * a.hop_length)
