@@ -344,7 +344,9 @@ class VocoderConfig:
     # energy (PriorGrad, Lee et al. 2022): quiet where the speech is quiet, so the model need not carve silence
     # out of unit noise
     prior: str = checked("standard", one_of("standard", "priorgrad"))
-    prior_min_std: float = checked(1e-3, POSITIVE)  # priorgrad: the smallest sigma (of the [-1, 1] waveform)
+    # priorgrad: the smallest sigma (of the [-1, 1] waveform), about a tenth of speech's RMS: PriorGrad floors its
+    # normalised energy at 0.1; a floor of 1e-3 weighted silent samples 1e5 times more and did not learn (loss 1.0)
+    prior_min_std: float = checked(1e-2, POSITIVE)
     # priorgrad: sigma = prior_scale * (RMS over bands of the mel magnitude); None = fitted on the training frames
     # (least squares against the waveform's frame RMS) when training starts, and stored in the run
     prior_scale: float | None = checked(None, POSITIVE, example=0.05)
