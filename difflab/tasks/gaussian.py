@@ -94,10 +94,16 @@ class GaussianRunBase(RunBase):
         """Whether the network reads a condition (so classifier-free guidance applies)."""
         return False
 
+    @property
+    def denoising_config(self) -> Config:
+        """The config the denoiser is built from: the run's, or (a kind whose x0 is not an image in [-1, 1]) the
+        run's without the static clip of ``sample.clip_x0``."""
+        return self.config
+
     def denoiser(self, guidance: float | None = None, dynamic_threshold: float | None = None) -> Denoiser:
         """The network as ``D(x_t, t, cond) -> x0_hat`` with guidance (None = ``sample.guidance``) and dynamic
-        thresholding (None = ``sample.dynamic_threshold``; 0 = off)."""
-        return guided_denoiser(self.model, self.schedule, self.config, guidance, dynamic_threshold)
+        thresholding (None = ``sample.dynamic_threshold``; 0 = off), from :attr:`denoising_config`."""
+        return guided_denoiser(self.model, self.schedule, self.denoising_config, guidance, dynamic_threshold)
 
     def sampler_options(self, sampler: str | None, steps: int | None,
                         options: dict[str, Any]) -> tuple[str, int, str | None, dict[str, Any]]:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from difflab import grids, report_html
 from difflab.config import Config
 from difflab.data.images import to_model_range, to_uint8
-from difflab.denoisers import Cond, Denoiser
+from difflab.denoisers import Cond
 from difflab.evaluate.reconstruction import reconstruction_metrics
 from difflab.errors import UserError
 from difflab.files import check_output, require_file
@@ -53,7 +53,7 @@ from difflab.models.super_resolution import LowResConditionedUNet
 from difflab.models.text_encoders import TextEncoder
 from difflab.schedules import Schedule
 from difflab.tasks.base import GridRow, SampleRequest, Samples, Section, a_run
-from difflab.tasks.gaussian import algorithm1, guided_denoiser
+from difflab.tasks.gaussian import algorithm1
 from difflab.tasks.image import (PREVIEW_SAMPLES, UNCONDITIONAL_ROWS, ImageRun, ImageTask, build_unet,
                                  image_channels, load_images, preview_grid)
 from difflab.tasks.text_to_image import (TextToImageRun, TextToImageTask, build_text_unet, load_text_encoder,
@@ -376,9 +376,10 @@ class SuperResolutionRun(TextToImageRun):
         x0 = from_residual(torch.cat([x.cpu() for x in batches]), x_low, self.config)  # (N, C, H, H)
         return self._images([x0])  # (N, H, H, C)
 
-    def denoiser(self, guidance: float | None = None, dynamic_threshold: float | None = None) -> Denoiser:
-        """As every run's (:meth:`GaussianRunBase.denoiser`), without the static clip on a residual stage."""
-        return guided_denoiser(self.model, self.schedule, unclipped(self.config), guidance, dynamic_threshold)
+    @property
+    def denoising_config(self) -> Config:
+        """The run's config, without the static clip on a residual stage (:func:`unclipped`)."""
+        return unclipped(self.config)
 
     def sample(self, n: int, *, cond: Any = None, sampler: str | None = None, steps: int | None = None,
                seed: int = 0, guidance: float | None = None, batch_size: int | None = None,

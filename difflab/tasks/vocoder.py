@@ -31,12 +31,11 @@ from torch import Tensor, nn
 
 from difflab import report_html
 from difflab.config import AudioConfig, Config
-from difflab.denoisers import Denoiser
 from difflab.errors import UserError
 from difflab.models.wavenet import DiffWave, Whitened
 from difflab.schedules import Schedule, schedule_from_config
 from difflab.tasks.base import SampleRequest, Samples, Section, check_sample_folder
-from difflab.tasks.gaussian import GaussianRunBase, algorithm1, guided_denoiser
+from difflab.tasks.gaussian import GaussianRunBase, algorithm1
 
 AUDIO_DATASETS = ("speech", "audio-folder")
 
@@ -146,6 +145,7 @@ class VocoderTask:
                             "long: lower vocoder.segment_frames or add longer audio")
         # crops start at frame s = 0 .. L // hop - F of an utterance; utterances drawn by their count of crops
         self.last_start = torch.tensor([len(w) // hop - F for w in self.waves])  # (U,)
+        self.weights = (self.last_start + 1).double()  # (U,) crops per utterance
         v = self.config.vocoder
         if v.prior == "priorgrad" and v.prior_scale is None:  # fitted once, stored in the run's config
             scale = fit_prior_scale(self.waves, self.mels, hop)
@@ -166,8 +166,8 @@ class VocoderTask:
         ``sigma`` (B, 1, F hop) (:class:`~difflab.models.wavenet.Whitened`)."""
         F, hop = self.config.vocoder.segment_frames, self.config.audio.hop_length
         g_device = generator.device
-        weights = (self.last_start + 1).double().to(g_device)
-        index = torch.multinomial(weights, batch_size, replacement=True, generator=generator).cpu()  # (B,)
+        index = torch.multinomial(self.weights.to(g_device), batch_size, replacement=True,
+                                  generator=generator).cpu()  # (B,)
         u = torch.rand(batch_size, generator=generator, device=g_device).cpu()  # (B,)
         starts = (u * (self.last_start[index] + 1)).long().clamp(max=self.last_start[index])  # (B,)
         x0 = torch.stack([self.waves[i][s * hop:(s + F) * hop] for i, s in zip(index.tolist(), starts.tolist())])
@@ -252,13 +252,12 @@ class VocoderRun(GaussianRunBase):
     def conditional(self) -> bool:
         return False  # the mel is never dropped: no classifier-free guidance
 
-    def denoiser(self, guidance: float | None = None, dynamic_threshold: float | None = None) -> Denoiser:
-        """As every run's; with PriorGrad without the static clip (x0 / sigma is not in [-1, 1]: the waveform is
+    @property
+    def denoising_config(self) -> Config:
+        """The run's config; with PriorGrad without the static clip (x0 / sigma is not in [-1, 1]: the waveform is
         clipped when it is made)."""
         cfg = self.config
-        if cfg.vocoder.prior == "priorgrad":
-            cfg = replace(cfg, sample=replace(cfg.sample, clip_x0=False))
-        return guided_denoiser(self.model, self.schedule, cfg, guidance, dynamic_threshold)
+        return replace(cfg, sample=replace(cfg.sample, clip_x0=False)) if cfg.vocoder.prior == "priorgrad" else cfg
 
     def mel_of(self, wave: np.ndarray | Tensor) -> Tensor:
         """The log-mel (n_mels, frames) of a waveform (L,) at the run's sample rate: the front end it trained on."""
