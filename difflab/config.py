@@ -353,11 +353,25 @@ class VocoderConfig:
 
 
 @dataclass(frozen=True)
+class WordsConfig:
+    """Spoken words from nothing (``task: spoken-words``; :mod:`difflab.tasks.spoken_words`): class-conditional
+    diffusion on log-mel "images" (1, n_mels, n_mels frames) of single words, then a trained vocoder."""
+
+    # the words (classes), in class-id order; utterances of other texts are left out of training
+    vocabulary: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    repeats: int = checked(8, POSITIVE)  # data.name speech: times each corpus voice says each word
+    trim_db: float = checked(40.0, POSITIVE)  # silence below peak - trim_db (dB) is cut before centring the word
+    # the log-mel range mapped to [-1, 1]: audio.log_floor .. mel_max; None = the training words' maximum, stored
+    mel_max: float | None = None
+    vocoder: str | None = None  # the vocoder run (`task: vocoder`) that turns the drawn log-mels into waveforms
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run."""
 
     # the kind of run (difflab.tasks.TASKS): image | text-to-image | toy2d | clip | autoencoder | vae |
-    # super-resolution | cascade; None (or "diffusion",
+    # super-resolution | cascade | vocoder | spoken-words; None (or "diffusion",
     # as configs written before kinds had names say) = from data.name and model.text_encoder
     task: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -373,6 +387,7 @@ class Config:
     prior: PriorConfig = field(default_factory=PriorConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     vocoder: VocoderConfig = field(default_factory=VocoderConfig)
+    words: WordsConfig = field(default_factory=WordsConfig)
 
 
 # -- dict <-> dataclass with checking -------------------------------------------------------

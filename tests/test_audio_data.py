@@ -234,3 +234,15 @@ def test_corpus_loads_and_refuses_overwrite(corpus: Path) -> None:
         make_speech_corpus(corpus, sentences=1, digit_repeats=0, progress=False)
     with pytest.raises(UserError, match="no metadata.jsonl"):
         load_speech(corpus / "wavs", SAMPLE_RATE, "train")
+
+
+def test_difflab_data_speech_writes_a_corpus_of_chosen_words(tmp_path: Path, capsys) -> None:
+    from difflab.cli import main
+
+    out = tmp_path / "words"
+    assert main(["data", "speech", "--out", str(out), "--sentences", "0", "--repeats", "1", "--words", "Hello"]) == 0
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert {r["text"] for r in rows} == {"hello"} and len(rows) == len({r["speaker"] for r in rows}) == 15
+    assert all(r["file_name"].endswith("word-hello-0.wav") for r in rows)
+    assert main(["data", "speech", "--out", str(tmp_path / "x"), "--sentences", "0", "--words", "two words"]) == 2
+    assert "not single lowercase words" in capsys.readouterr().err

@@ -318,15 +318,15 @@ class _Utterance:
     split: str
 
 
-def _plan(sentences: int, digit_repeats: int, seed: int) -> list[_Utterance]:
+def _plan(sentences: int, digit_repeats: int, seed: int, words: tuple[str, ...] = DIGITS) -> list[_Utterance]:
     """Every utterance of the corpus, in order (see the module docstring for the split)."""
     test_voices = set(TEST_VOICES)
 
     def split(voice: Voice, held_out: bool = False) -> str:
         return "test" if held_out or voice in test_voices else "train"
 
-    plan = [_Utterance(f"wavs/{v.speaker}/digit-{word}-{r}.wav", word, word, v, split(v))
-            for v in VOICES for word in DIGITS for r in range(digit_repeats)]
+    plan = [_Utterance(f"wavs/{v.speaker}/{'digit' if word in DIGITS else 'word'}-{word}-{r}.wav", word, word, v,
+                       split(v)) for v in VOICES for word in words for r in range(digit_repeats)]
     pool = candidate_sentences() if sentences else []
     if sentences > len(pool):
         raise UserError(f"sentences={sentences} is more than the {len(pool)} usable sentences: use at most {len(pool)}")
@@ -362,16 +362,17 @@ def _check_sizes(sentences: int, digit_repeats: int, sample_rate: int) -> None:
 
 def make_speech_corpus(out: str | Path, *, sentences: int = DEFAULT_SENTENCES,
                        digit_repeats: int = DEFAULT_DIGIT_REPEATS, sample_rate: int = SAMPLE_RATE, seed: int = 0,
-                       progress: bool = True) -> Path:
+                       progress: bool = True, words: tuple[str, ...] = DIGITS) -> Path:
     """Synthesise the speech corpus into the folder ``out``, atomically.
 
     Args:
         out: a folder that does not exist yet (or is empty); it appears only when complete.
         sentences: distinct sentences, each said by :data:`SENTENCE_VOICES` voices.
-        digit_repeats: times each voice says each digit.
+        digit_repeats: times each voice says each word of ``words``.
         sample_rate: the WAVs' rate in Hz (engine output is resampled when it differs).
         seed: picks the sentences and each utterance's variety (and seeds onnxruntime's noise).
         progress: show a tqdm bar.
+        words: the single words every voice says (the digits "zero".."nine" by default), lowercase.
 
     Returns:
         ``out``, holding ``wavs/`` and ``metadata.jsonl``.
@@ -384,7 +385,12 @@ def make_speech_corpus(out: str | Path, *, sentences: int = DEFAULT_SENTENCES,
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"speech corpus folder {out} exists and is not empty: delete it or choose a new folder")
     _check_sizes(sentences, digit_repeats, sample_rate)
-    plan = _plan(sentences, digit_repeats, seed)
+    bad = [w for w in words if not re.fullmatch(r"[a-z']+", w)]
+    if bad:
+        raise UserError(f"words {bad} are not single lowercase words: give words such as 'seven'")
+    if sentences == 0 and not words:
+        raise UserError("sentences=0 and no words make an empty corpus: give words or sentences above 0")
+    plan = _plan(sentences, digit_repeats, seed, tuple(words))
     piper = None
     if any(u.voice.engine == "piper" for u in plan):
         _require("onnxruntime", SPEECH_EXTRAS).set_seed(seed)  # Piper's noise nodes take their seed when loaded

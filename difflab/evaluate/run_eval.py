@@ -58,7 +58,9 @@ _TABLE = (("FID", "fid", ".3f"), ("KID", "kid", ".5f"), ("precision", "precision
           ("MR-STFT", "mr_stft", ".4f"), ("log-mel L1", "log_mel_l1", ".4f"),  # vocoded speech (evaluate.audio)
           ("RTF", "real_time_factor", ".3f"), ("MR-STFT b.", "baseline_mr_stft", ".4f"),
           ("mel L1 b.", "baseline_log_mel_l1", ".4f"), ("ASR orig.", "asr_original", ".4f"),
-          ("ASR", "asr", ".4f"), ("ASR base", "asr_baseline", ".4f"))
+          ("ASR", "asr", ".4f"), ("ASR base", "asr_baseline", ".4f"),
+          ("word acc.", "word_accuracy", ".4f"), ("word acc. real", "word_accuracy_real", ".4f"),  # spoken words
+          ("diversity", "diversity", ".4f"), ("divers. real", "diversity_real", ".4f"))
 _NOTE_OF = {"precision": "prdc"}  # the note of a row, where its key is not the row's: PRDC's prints once
 
 

@@ -41,6 +41,7 @@ TASKS: dict[str, str] = {  # name -> module defining TASK and RUN
     "vae": "difflab.tasks.vae",
     "latent-text-to-image": "difflab.tasks.latent_text_to_image",
     "vocoder": "difflab.tasks.vocoder",
+    "spoken-words": "difflab.tasks.spoken_words",
 }
 LEGACY_TASK = "diffusion"  # what every Gaussian run's config said before kinds had names
 WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")

@@ -115,7 +115,7 @@ class ImageTask:
         if cfg.model.text_encoder != "none":
             raise UserError(f"task image has no text encoder, but model.text_encoder is {cfg.model.text_encoder}: "
                             "set task=text-to-image, or model.text_encoder=none")
-        self.dataset: ImageDataset = load_images(cfg)
+        self.dataset: ImageDataset = self.load_data(cfg)
         d = cfg.data
         conditional = d.class_conditional and self.dataset.num_classes > 1
         H, _ = self.dataset.resolution
@@ -125,6 +125,10 @@ class ImageTask:
         self.images: Tensor = self.dataset.images  # uint8 (N, C, H, W)
         self.labels: Tensor | None = self.dataset.labels if conditional else None
         warn_narrow_patches(self.config, self.dataset.channels)
+
+    def load_data(self, cfg: Config) -> ImageDataset:
+        """The training images of ``cfg`` (a kind whose images are made otherwise, such as spectrograms, says how)."""
+        return load_images(cfg)
 
     def to(self, device: torch.device) -> None:
         """Keep the dataset on the training device (it is small)."""
@@ -311,6 +315,10 @@ class ImageRun(ImageOutputs, GaussianRunBase):
             return SampleRequest(n, [class_id] * n)
         return SampleRequest(n, None, self.config.model.num_classes or None)
 
+    def test_images(self) -> Tensor:
+        """uint8 (N, C, H, W): the test split of the run's data (the likelihood bound's images)."""
+        return load_images(self.config, split="test").images
+
     def nll(self, n: int, *, variance: str | None = None, strata: int | None = None, seed: int = 0,
             progress: bool = True) -> dict[str, Any]:
         """The variational bound on ``n`` test images in bits/dim (:func:`difflab.evaluate.likelihood.image_nll`)."""
@@ -318,7 +326,7 @@ class ImageRun(ImageOutputs, GaussianRunBase):
         from difflab.evaluate.likelihood import image_nll
 
         d = self.config.data
-        images = fixed_subset(load_images(self.config, split="test").images, n)  # uint8 (n, C, H, W)
+        images = fixed_subset(self.test_images(), n)  # uint8 (n, C, H, W)
         return {"data": f"{d.name} (test split)",
                 **image_nll(self.config, self.model, images, variance=variance, strata=strata, seed=seed,
                             progress=progress)}

@@ -237,6 +237,31 @@ def fidelity(references: Sequence[np.ndarray], outputs: Sequence[np.ndarray], cf
 
 
 # -- a trained run -------------------------------------------------------------------------------
+def save_waves(samples: Samples, out: Path, rate: int) -> Path:
+    """Waveforms (``Samples.data``, float32 (L,) each) at ``rate`` Hz into a ``.wav`` (one sample) or a new folder
+    of ``000000.wav`` ... with ``metadata.jsonl`` (each one's ``texts`` condition as its text)."""
+    import json
+
+    from difflab.data.audio import write_wav
+    from difflab.paths import atomic_path
+
+    out = Path(out)
+    if out.suffix.lower() == ".wav":
+        if len(samples) != 1:
+            raise UserError(f"{len(samples)} waveforms cannot go into one file {out}: pass --n 1 or a folder")
+        return write_wav(out, samples.data[0], rate)
+    check_sample_folder(out)
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        texts = samples.conditions.get("texts", [""] * len(samples))
+        lines = []
+        for i, (wave, text) in enumerate(zip(samples.data, texts)):
+            write_wav(tmp / f"{i:06d}.wav", wave, rate)
+            lines.append(json.dumps({"file_name": f"{i:06d}.wav", "text": str(text)}))
+        (tmp / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return out
+
+
 class VocoderRun(GaussianRunBase):
     """A trained vocoder: ``cond`` is a list of log-mel spectrograms (n_mels, F) (None = held-out test utterances);
     a sample is a float32 waveform (L,), ``Samples.data`` an object array of them."""
@@ -344,26 +369,7 @@ class VocoderRun(GaussianRunBase):
 
     def save(self, samples: Samples, out: Path) -> Path:
         """A ``.wav`` (one sample) or a new folder of ``000000.wav`` ... with ``metadata.jsonl``."""
-        import json
-
-        from difflab.data.audio import write_wav
-        from difflab.paths import atomic_path
-
-        out, rate = Path(out), self.config.audio.sample_rate
-        if out.suffix.lower() == ".wav":
-            if len(samples) != 1:
-                raise UserError(f"{len(samples)} waveforms cannot go into one file {out}: pass --n 1 or a folder")
-            return write_wav(out, samples.data[0], rate)
-        check_sample_folder(out)
-        with atomic_path(out) as tmp:
-            tmp.mkdir(parents=True)
-            texts = samples.conditions.get("texts", [""] * len(samples))
-            lines = []
-            for i, (wave, text) in enumerate(zip(samples.data, texts)):
-                write_wav(tmp / f"{i:06d}.wav", wave, rate)
-                lines.append(json.dumps({"file_name": f"{i:06d}.wav", "text": str(text)}))
-            (tmp / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-        return out
+        return save_waves(samples, out, self.config.audio.sample_rate)
 
     def default_output(self, sampler: str, steps: int) -> Path:
         return self.folder / "samples" / f"vocoded-{sampler}-{steps}"
