@@ -174,6 +174,43 @@ def test_difflab_vocode_writes_a_wav(vocoder_run, tmp_path, capsys):
     assert main(["vocode", str(run), str(tones / "tone3.wav"), "--out", str(tmp_path / "v.mp3")]) == 2
 
 
+
+def _awkward_wavs(folder):
+    """The issue's awkward inputs: {name: (path, whether a WAV comes out)}."""
+    folder.mkdir()
+    t = np.arange(int(0.4 * 8000)) / 8000
+    speech = 0.5 * np.sin(2 * np.pi * 300 * t)
+    files = {"zero-length": (np.zeros(0, np.float32), RATE, "PCM_16", False),
+             "silent": (np.zeros(4000, np.float32), RATE, "PCM_16", True),
+             "clipped": (np.clip(3 * speech, -1, 1), RATE, "PCM_16", True),  # full-scale square-ish wave
+             "over-range float": (1.5 * speech, RATE, "FLOAT", True),
+             "4 kHz (upsampled to the run's 8 kHz)": (speech[::2], 4000, "PCM_16", True),
+             "16 kHz stereo 24-bit": (np.stack([np.repeat(speech, 2), np.repeat(0.5 * speech, 2)], 1), 16000,
+                                      "PCM_24", True),
+             "float": (speech, RATE, "DOUBLE", True)}
+    out = {}
+    for i, (name, (x, rate, subtype, ok)) in enumerate(files.items()):
+        path = folder / f"f{i}.wav"
+        sf.write(path, x, rate, subtype=subtype)
+        out[name] = (path, ok)
+    (folder / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage")
+    out["corrupt"] = (folder / "corrupt.wav", False)
+    return out
+
+
+def test_awkward_wavs_are_vocoded_or_refused_in_one_line(vocoder_run, tmp_path, capsys):
+    run, _ = vocoder_run
+    for name, (path, ok) in _awkward_wavs(tmp_path / "in").items():
+        out = tmp_path / f"{path.stem}-out.wav"
+        capsys.readouterr()
+        code = main(["vocode", str(run), str(path), "--out", str(out), "--steps", "2"])
+        err = capsys.readouterr().err
+        assert code == (0 if ok else 2), (name, err)
+        assert "Traceback" not in err and (ok or (err.count("error:") == 1 and not out.exists())), (name, err)
+        if ok:
+            data, rate = sf.read(out)
+            assert rate == RATE and data.ndim == 1 and np.isfinite(data).all() and len(data) > 0, name
+
 def test_eval_compares_with_griffin_lim(vocoder_run):
     from difflab.measure import evaluate_run
 
