@@ -4,7 +4,6 @@ a tiny run trained by `difflab train` on a folder of two "words" (tones) and voi
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -19,7 +18,7 @@ from difflab.errors import UserError
 from difflab.tasks import build_task, load_run
 from difflab.tasks.spoken_words import SpokenWordsRun, within_word_diversity
 
-from test_vocoder import RATE, TINY_VOCODER
+from test_vocoder import RATE, TINY_VOCODER, write_audio_folder
 
 AUDIO = [o for o in TINY_VOCODER if o.startswith("audio.")]
 TINY_WORDS = ["task=spoken-words", "data.name=audio-folder", *AUDIO, "words.vocabulary=[low, high]",
@@ -31,21 +30,15 @@ TINY_WORDS = ["task=spoken-words", "data.name=audio-folder", *AUDIO, "words.voca
 
 def _words(folder, per_word=6, seconds=0.5):
     """Two "words": a low and a high tone burst between silences, each file a different pitch and length."""
-    folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    lines = []
+    files = []
     for word, base in (("low", 300.0), ("high", 1500.0)):
         for i in range(per_word):
             n = int(seconds * RATE * rng.uniform(0.6, 1.0))
-            t = np.arange(n) / RATE
-            tone = 0.5 * np.sin(2 * np.pi * base * rng.uniform(0.9, 1.1) * t) * np.hanning(n)
-            wave = np.concatenate([np.zeros(RATE // 10), tone, np.zeros(RATE // 10)]).astype(np.float32)
-            name = f"{word}{i}.wav"
-            sf.write(folder / name, wave, RATE)
-            lines.append(json.dumps({"file_name": name, "text": word.upper() + ".", "speaker": f"s{i % 3}",
-                                     "split": "test" if i < 2 else "train"}))
-    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    return folder
+            tone = 0.5 * np.sin(2 * np.pi * base * rng.uniform(0.9, 1.1) * np.arange(n) / RATE) * np.hanning(n)
+            wave = np.concatenate([np.zeros(RATE // 10), tone, np.zeros(RATE // 10)])
+            files.append((f"{word}{i}.wav", wave, word.upper() + ".", f"s{i % 3}", "test" if i < 2 else "train"))
+    return write_audio_folder(folder, files)
 
 
 def test_a_word_is_trimmed_and_centred_in_silence():
@@ -94,7 +87,7 @@ def test_training_stores_the_range_and_the_vocoder(words_run):
     assert loaded.config.model.num_classes == 2 and loaded.config.data.resolution == 20  # n_mels frames
 
 
-def test_the_dataset_holds_each_word_centred(words_run, tmp_path):
+def test_the_dataset_holds_each_word_centred(words_run):
     _, _, words = words_run
     cfg = apply_overrides(Config(), [*TINY_WORDS, f"data.path={words}"])
     task = build_task(cfg)

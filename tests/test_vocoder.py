@@ -31,20 +31,24 @@ TINY_VOCODER = ["task=vocoder", "data.name=audio-folder", f"audio.sample_rate={R
                 "sample.steps=6", "sample.grid=diffwave", "sample.batch_size=8"]
 
 
+def write_audio_folder(folder, files):
+    """A folder of WAVs at RATE with its manifest: ``files`` are (file name, wave, text, speaker, split)."""
+    folder.mkdir(parents=True)
+    for name, wave, *_ in files:
+        sf.write(folder / name, np.asarray(wave, np.float32), RATE)
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(dict(zip(("file_name", "text", "speaker", "split"),
+                                                                       (name, *row)))) + "\n"
+                                                   for name, _, *row in files))
+    return folder
+
+
 def _tones(folder, n=12, seconds=0.6):
     """A folder of n tone sweeps with a manifest (two test files)."""
-    folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    lines = []
-    for i in range(n):
-        t = np.arange(int(seconds * RATE)) / RATE
-        f0 = rng.uniform(200, 600)
-        wave = 0.3 * np.sin(2 * np.pi * (f0 * t + 300 * t ** 2)) * np.minimum(1, 10 * t)
-        sf.write(folder / f"tone{i}.wav", wave.astype(np.float32), RATE)
-        lines.append(json.dumps({"file_name": f"tone{i}.wav", "text": "", "speaker": f"s{i % 3}",
-                                 "split": "test" if i < 2 else "train"}))
-    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    return folder
+    t = np.arange(int(seconds * RATE)) / RATE
+    return write_audio_folder(folder, [
+        (f"tone{i}.wav", 0.3 * np.sin(2 * np.pi * (rng.uniform(200, 600) * t + 300 * t ** 2)) * np.minimum(1, 10 * t),
+         "", f"s{i % 3}", "test" if i < 2 else "train") for i in range(n)])
 
 
 # -- the network ----------------------------------------------------------------------------------

@@ -83,6 +83,24 @@ def from_model_range(x: Tensor, floor: float, mel_max: float) -> Tensor:
     return floor + (x.clamp(-1.0, 1.0) + 1.0) / 2.0 * (mel_max - floor)
 
 
+def vocabulary_utterances(cfg: Config, split: str) -> tuple[list[np.ndarray], list[int], int]:
+    """The waveforms (L,) of ``split`` whose transcript is a word of ``words.vocabulary``, their class ids (the
+    word's index there), and the files skipped while loading.
+
+    Raises:
+        UserError: the data has no transcripts.
+    """
+    from difflab.evaluate.audio import normalise_text
+
+    dataset = word_utterances(cfg, split)
+    if dataset.texts is None:
+        raise UserError(f"the {split} audio has no metadata.jsonl texts, so its words are unknown: add a "
+                        f"metadata.jsonl with file_name and text (the word) for each file")
+    index = {word: k for k, word in enumerate(cfg.words.vocabulary)}
+    keep = [(i, index[t]) for i, t in enumerate(normalise_text(t) for t in dataset.texts) if t in index]
+    return [dataset.waves[i] for i, _ in keep], [k for _, k in keep], dataset.skipped
+
+
 def word_mels(cfg: Config, split: str) -> tuple[ImageDataset, float]:
     """The vocabulary's utterances of one split as an :class:`ImageDataset` of uint8 (N, 1, n_mels, n_mels)
     log-mel images with their word's class id, and the ``mel_max`` of their range (``words.mel_max``, else the
@@ -92,36 +110,19 @@ def word_mels(cfg: Config, split: str) -> tuple[ImageDataset, float]:
         UserError: a word of the vocabulary has no utterance, or the data has no transcripts.
     """
     from difflab.data.mel import log_mel
-    from difflab.evaluate.audio import normalise_text
 
     a, w = cfg.audio, cfg.words
-    dataset = word_utterances(cfg, split)
-    if dataset.texts is None:
-        raise UserError(f"the {split} audio has no metadata.jsonl texts, so its words are unknown: add a "
-                        f"metadata.jsonl with file_name and text (the word) for each file")
-    index = {word: k for k, word in enumerate(w.vocabulary)}
-    keep = [(i, index[t]) for i, t in enumerate(normalise_text(t) for t in dataset.texts) if t in index]
-    missing = sorted(set(w.vocabulary) - {w.vocabulary[k] for _, k in keep})
+    waves, labels, skipped = vocabulary_utterances(cfg, split)
+    missing = sorted(set(w.vocabulary) - {w.vocabulary[k] for k in labels})
     if missing:
         raise UserError(f"the {split} split has no utterance of {', '.join(map(repr, missing))}: record them, or "
                         f"leave them out of words.vocabulary")
     floor = silence(a)
-    mels = torch.stack([centre_word(log_mel(dataset.waves[i], a), a.n_mels, w.trim_db, floor)
-                        for i, _ in keep])  # (N, n_mels, n_mels)
+    mels = torch.stack([centre_word(log_mel(wave, a), a.n_mels, w.trim_db, floor)
+                        for wave in waves])  # (N, n_mels, n_mels)
     mel_max = w.mel_max if w.mel_max is not None else float(mels.max())
     if mel_max <= floor:
         raise UserError(f"words.mel_max={mel_max} must be above the log floor {floor:.2f}: leave it unset (fitted)")
     images = to_pixels(mels, floor, mel_max)[:, None]  # (N, 1, n_mels, n_mels)
-    labels = torch.tensor([k for _, k in keep], dtype=torch.long)
-    return ImageDataset(f"{cfg.data.name} words", images, labels, list(w.vocabulary), None,
-                        skipped=dataset.skipped), mel_max
-
-
-def real_words(cfg: Config, split: str = "test") -> tuple[list[np.ndarray], list[str]]:
-    """The waveforms (L,) and words of the vocabulary's utterances in ``split`` (the reference of the metrics)."""
-    from difflab.evaluate.audio import normalise_text
-
-    dataset = word_utterances(cfg, split)
-    texts = [normalise_text(t) for t in (dataset.texts or [""] * len(dataset))]
-    keep = [i for i, t in enumerate(texts) if t in cfg.words.vocabulary]
-    return [dataset.waves[i] for i in keep], [texts[i] for i in keep]
+    return ImageDataset(f"{cfg.data.name} words", images, torch.tensor(labels, dtype=torch.long),
+                        list(w.vocabulary), None, skipped=skipped), mel_max

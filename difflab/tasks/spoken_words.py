@@ -33,7 +33,7 @@ from torch import Tensor
 from difflab import report_html
 from difflab.config import Config
 from difflab.data.images import ImageDataset
-from difflab.data.words import from_model_range, real_words, silence, word_mels
+from difflab.data.words import from_model_range, silence, vocabulary_utterances, word_mels
 from difflab.errors import UserError
 from difflab.models.unet import check_resolution
 from difflab.tasks.base import GridRow, SampleRequest, Samples, Section, a_run
@@ -184,7 +184,8 @@ class SpokenWordsRun(ImageRun):
         rate, words = self.config.audio.sample_rate, self.vocabulary
         heard = recognise_words(list(samples.data), rate, words)
         intended = [str(t) for t in samples.conditions["texts"]]
-        waves, real = real_words(self.config, "test")
+        waves, ids, _ = vocabulary_utterances(self.config, "test")
+        real = [words[k] for k in ids]
         real_heard = recognise_words(waves, rate, words)
         real_mels = [log_mel(w, self.config.audio) for w in waves]
         return {"data": f"{self.config.data.name} words, test split ({len(waves)} utterances)",
