@@ -395,7 +395,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nll-only", action="store_true", help="only the bound: no sampling, no FID")
     p.add_argument("--clip", metavar="RUN", help="text-to-image runs: the CLIP run behind the CLIP score "
                                                  "(default: the dataset's own, trained once and cached)")
-    p.add_argument("--nll-n", type=_positive(int), default=500, help="test images for the bound (default 500)")
+    p.add_argument("--scorer", metavar="RUN", help="text runs: the autoregressive run of the same corpus that scores "
+                                                   "the samples (generative perplexity)")
+    p.add_argument("--nll-n", type=_positive(int), default=500,
+                   help="test images (text: held-out windows) for the bound (default 500)")
     p.add_argument("--nll-strata", type=_non_negative_int, default=50,
                    help="strata of the unbiased estimate of the sum over t; 0 = the exact sum (T evaluations/image)")
     _add_sampling_flags(p)
@@ -409,9 +412,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.nll or args.nll_only:
         b = evaluate_run_nll(args.run, n=args.nll_n, strata=args.nll_strata or None, variance=args.variance,
                              seed=args.seed, device=_device(args.device), progress=not args.no_progress)
-        how = "exact sum over t" if b["strata"] is None else f"{b['strata']} strata over t"
-        print(f"NLL bound {b['bpd']:.4f} +- {b['bpd_stderr']:.4f} bits/dim on {b['n']} {b['data']} images "
-              f"({how}, variance {b['variance']}; prior {b['prior_bpd']:.4f}, decoder {b['decoder_bpd']:.4f})")
+        if "bits_per_char" in b:  # a text run
+            kind = "exact NLL" if b["exact"] else "NLL bound (ELBO)"
+            print(f"{kind} {b['bits_per_char']:.4f} +- {b['bits_per_char_stderr'] or 0:.4f} bits/char "
+                  f"({b['bits_per_token']:.4f} bits/token) on {b['n']} windows of {b['data']}")
+        else:
+            how = "exact sum over t" if b["strata"] is None else f"{b['strata']} strata over t"
+            print(f"NLL bound {b['bpd']:.4f} +- {b['bpd_stderr']:.4f} bits/dim on {b['n']} {b['data']} images "
+                  f"({how}, variance {b['variance']}; prior {b['prior_bpd']:.4f}, decoder {b['decoder_bpd']:.4f})")
         if args.nll_only:
             print(f"wrote {Path(args.run) / EVAL_FILE}")
             return
@@ -419,7 +427,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
                      sampler=args.sampler, steps=args.steps, weights=args.features, device=_device(args.device),
                      batch_size=args.batch_size, progress=not args.no_progress, grid=args.grid, eta=args.eta,
                      variance=args.variance, guidance=args.guidance, dynamic_threshold=args.dynamic_threshold,
-                     clip_run=args.clip)
+                     clip_run=args.clip, scorer=args.scorer)
     real = f" ({m['real_n']} real images; FID vs {m['fid_real_n']})" if "real_n" in m else ""
     made = ([str(m["sampler"])] if "sampler" in m else []) + ([f"{m['steps']} steps"] if "steps" in m else [])
     made += [f"seed {m['seed']}", f"checkpoint step {m['checkpoint_step']}"]  # what made the outputs

@@ -366,12 +366,45 @@ class WordsConfig:
     vocoder: str | None = None  # the vocoder run (`task: vocoder`) that turns the drawn log-mels into waveforms
 
 
+TEXT_METHODS = ("masked", "uniform", "embedding", "mask-predict", "autoregressive")
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Text (``task: text``; :mod:`difflab.tasks.text`): the corpus of ``data.name`` (bible | fortunes | text-file),
+    its tokens, one transformer for every method, and each method's noise."""
+
+    # masked (MDLM) | uniform (D3PM) | embedding (Diffusion-LM) | mask-predict (CMLM) | autoregressive (baseline)
+    method: str = checked("masked", one_of(*TEXT_METHODS))
+    tokenizer: str = checked("char", one_of("char", "bpe"))  # bpe: trained on the corpus, saved in the run
+    vocab_size: int = checked(1024, at_least(260))  # bpe only: merges up to this many tokens (256 bytes + merges)
+    length: int = checked(256, at_least(2))  # tokens per training sequence and per sample
+    test_fraction: float = checked(0.05, OPEN_UNIT)  # documents held out for the bound
+    errors: str = checked("strict", one_of("strict", "replace"))  # bytes that are not UTF-8: an error | U+FFFD
+    labels: bool = False  # condition on each document's category (a Bible book, a fortune file)
+    width: int = checked(256, POSITIVE)  # transformer width
+    depth: int = checked(4, POSITIVE)  # blocks
+    heads: int = checked(4, POSITIVE)  # attention heads, dividing width
+    mlp_ratio: int = checked(4, POSITIVE)
+    dropout: float = checked(0.0, HALF_OPEN)
+    # the network sees the diffusion time; None = the method's default (masked, mask-predict: off, as MDLM; uniform,
+    # embedding: on; autoregressive: never)
+    time_conditioning: bool | None = None
+    schedule: str = checked("log-linear", one_of("log-linear", "cosine"))  # masked, uniform: alpha(t)
+    eps: float = checked(1e-3, OPEN_UNIT)  # alpha(1) = eps: the last time is not quite all noise
+    timesteps: int = checked(1000, at_least(2))  # uniform: D3PM's T
+    antithetic: bool = True  # masked: low-discrepancy times in a batch (lower variance of the bound)
+    embed_dim: int = checked(16, POSITIVE)  # embedding: the space the Gaussian diffusion runs in
+    rounding_weight: float = checked(1.0, NON_NEGATIVE)  # embedding: weight of the rounding loss -log p(w | x0_hat)
+    label_drop_prob: float = checked(0.1, UNIT_INTERVAL)  # labels: category dropped to the null while training
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole run."""
 
     # the kind of run (difflab.tasks.TASKS): image | text-to-image | toy2d | clip | autoencoder | vae |
-    # super-resolution | cascade | vocoder | spoken-words; None (or "diffusion",
+    # super-resolution | cascade | vocoder | spoken-words | text; None (or "diffusion",
     # as configs written before kinds had names say) = from data.name and model.text_encoder
     task: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -388,6 +421,7 @@ class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     vocoder: VocoderConfig = field(default_factory=VocoderConfig)
     words: WordsConfig = field(default_factory=WordsConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
 
 # -- dict <-> dataclass with checking -------------------------------------------------------
@@ -480,11 +514,11 @@ def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
 
 
-def _check_heads(section: str, width: int, heads: int) -> None:
-    """``{section}_width`` must split evenly into ``{section}_heads`` attention heads."""
+def _check_heads(prefix: str, width: int, heads: int) -> None:
+    """``{prefix}width`` must split evenly into ``{prefix}heads`` attention heads."""
     if width % heads:
-        raise UserError(f"config key {section}_heads={heads} does not divide {section}_width={width}: "
-                        f"fix it with --set {section}_heads={_largest_divisor(width, heads)}")
+        raise UserError(f"config key {prefix}heads={heads} does not divide {prefix}width={width}: "
+                        f"fix it with --set {prefix}heads={_largest_divisor(width, heads)}")
 
 
 def _check_unet(m: ModelConfig) -> None:
@@ -554,8 +588,9 @@ def check_config(cfg: Config) -> None:
         UserError: one line naming the keys and a fix.
     """
     _check_unet(cfg.model)
-    _check_heads("model.text", cfg.model.text_width, cfg.model.text_heads)
-    _check_heads("clip.text", cfg.clip.text_width, cfg.clip.text_heads)
+    _check_heads("model.text_", cfg.model.text_width, cfg.model.text_heads)
+    _check_heads("clip.text_", cfg.clip.text_width, cfg.clip.text_heads)
+    _check_heads("text.", cfg.text.width, cfg.text.heads)
     _check_betas(cfg.diffusion)
     _check_autoencoder(cfg.autoencoder)
 

@@ -42,6 +42,7 @@ TASKS: dict[str, str] = {  # name -> module defining TASK and RUN
     "latent-text-to-image": "difflab.tasks.latent_text_to_image",
     "vocoder": "difflab.tasks.vocoder",
     "spoken-words": "difflab.tasks.spoken_words",
+    "text": "difflab.tasks.text",
 }
 LEGACY_TASK = "diffusion"  # what every Gaussian run's config said before kinds had names
 WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
