@@ -32,9 +32,33 @@ def train_for(out: Path, config: str | Path, minutes: float, overrides: list[str
 def train_process(out: Path, config: str | Path, minutes: float, overrides: list[str]) -> dict:
     """:func:`train_for` in a process of its own (`difflab train`), so its peak memory is its own."""
     if not io.is_finished(out):
-        cmd = [sys.executable, "-m", "difflab.cli", "train", str(config), "--out", str(out), "--max-minutes",
-               str(minutes), "--max-steps", "10000000", "--no-progress", "--resume",
-               *(["--set", *overrides] if overrides else [])]
+        cmd = train_command(out, config, minutes, overrides)
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
     return run_summary(out)
+
+
+def train_command(out: Path, config: str | Path, minutes: float, overrides: list[str]) -> list[str]:
+    """The `difflab train` command line of :func:`train_process` (resumed when interrupted)."""
+    return [sys.executable, "-m", "difflab.cli", "train", str(config), "--out", str(out), "--max-minutes",
+            str(minutes), "--max-steps", "10000000", "--no-progress", "--resume",
+            *(["--set", *overrides] if overrides else [])]
+
+
+def train_in_parallel(jobs: list[tuple[Path, str | Path, float, list[str]]], parallel: int) -> None:
+    """:func:`train_process` of each job (out, config, minutes, overrides), ``parallel`` at a time, each process on
+    cores // parallel threads (OMP_NUM_THREADS), so that equal budgets get equal shares of the machine; finished
+    runs are reused."""
+    import os
+
+    threads = str(max(1, (os.cpu_count() or 1) // parallel))
+    todo = [job for job in jobs if not io.is_finished(job[0])]
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "TQDM_DISABLE": "1"}
+    for start in range(0, len(todo), parallel):
+        procs = []
+        for out, config, minutes, overrides in todo[start:start + parallel]:
+            cmd = train_command(out, config, minutes, overrides)
+            print(f"$ OMP_NUM_THREADS={threads}", " ".join(cmd), flush=True)
+            procs.append(subprocess.Popen(cmd, env=env))
+        if any(p.wait() != 0 for p in procs):
+            raise SystemExit("a training run failed (see its output above)")

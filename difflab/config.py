@@ -380,6 +380,8 @@ class TextConfig:
     vocab_size: int = checked(1024, at_least(260))  # bpe only: merges up to this many tokens (256 bytes + merges)
     length: int = checked(256, at_least(2))  # tokens per training sequence and per sample
     test_fraction: float = checked(0.05, OPEN_UNIT)  # documents held out for the bound
+    # training documents held out too, to choose settings on (never the test split's); 0 = none
+    validation_fraction: float = checked(0.0, HALF_OPEN)
     errors: str = checked("strict", one_of("strict", "replace"))  # bytes that are not UTF-8: an error | U+FFFD
     labels: bool = False  # condition on each document's category (a Bible book, a fortune file)
     width: int = checked(256, POSITIVE)  # transformer width

@@ -28,6 +28,7 @@ from difflab.discrete.forward import TokenModel, mask_forward, rand, randint
 from difflab.discrete.schedules import TokenSchedule, draw_times
 from difflab.errors import UserError
 
+
 def check_masked_logits(logits: Tensor, mask_id: int) -> None:
     """Raise a :class:`~difflab.errors.UserError` unless ``logits`` has V + 1 = ``mask_id`` + 1 classes."""
     if logits.shape[-1] != mask_id + 1:

@@ -65,14 +65,22 @@ def check_text(cfg: Config) -> None:
                         f"{', '.join(TEXT_DATASETS)} (text-file with data.path: your UTF-8 file or folder)")
 
 
-def corpus_split(cfg: Config):
-    """(train, test) documents of ``cfg.data`` and the sorted category names of the whole corpus."""
+def corpus_split(cfg: Config, held_out: str = "test"):
+    """(train, held-out) documents of ``cfg.data`` and the sorted category names of the whole corpus; ``held_out``
+    "test" (``text.test_fraction``) or "validation" (``text.validation_fraction`` of the rest, which training then
+    never sees either)."""
     from difflab.data.text import load_corpus, split_corpus
 
     check_text(cfg)
-    corpus = load_corpus(cfg.data.name, cfg.data.path, errors=cfg.text.errors)
-    train, test = split_corpus(corpus, cfg.text.test_fraction, seed=SPLIT_SEED)
-    return train, test, tuple(sorted(set(corpus.labels))) if corpus.labels else ()
+    t = cfg.text
+    corpus = load_corpus(cfg.data.name, cfg.data.path, errors=t.errors)
+    train, test = split_corpus(corpus, t.test_fraction, seed=SPLIT_SEED)
+    validation = None
+    if t.validation_fraction > 0:
+        train, validation = split_corpus(train, t.validation_fraction, seed=SPLIT_SEED + 1)
+    elif held_out == "validation":
+        raise UserError("this run holds no validation documents: train with text.validation_fraction=0.05")
+    return train, validation if held_out == "validation" else test, corpus.label_names if corpus.labels else ()
 
 
 def stream_of(corpus: Any, tokenizer: Any, label_names: Sequence[str]):
@@ -282,10 +290,10 @@ class TextRun(RunBase):
         return self.folder / "samples" / f"{sampler}-{steps}.txt"
 
     # -- measures --------------------------------------------------------------------------------
-    def held_out(self):
-        """The token stream of the held-out documents (the same split as training)."""
-        _, test, _ = corpus_split(self.config)
-        return stream_of(test, self.tokenizer, self.label_names)
+    def held_out(self, split: str = "test"):
+        """The token stream of the held-out documents of ``split`` (test | validation: the same split as training)."""
+        _, held, _ = corpus_split(self.config, split)
+        return stream_of(held, self.tokenizer, self.label_names)
 
     @torch.inference_mode()
     def bound(self, tokens: Tensor, seed: int = 0, batch_size: int = 32, labels: Tensor | None = None,
@@ -302,9 +310,9 @@ class TextRun(RunBase):
         return torch.cat(out)
 
     def nll(self, n: int, *, variance: str | None = None, strata: int | None = None, seed: int = 0,
-            progress: bool = True) -> dict[str, Any]:
-        """Bits per character (and per token) of ``n`` held-out windows (evenly spread over the held-out stream)."""
-        stream = self.held_out()
+            progress: bool = True, split: str = "test") -> dict[str, Any]:
+        """Bits per character (and per token) of ``n`` held-out windows of ``split`` (evenly spread over it)."""
+        stream = self.held_out(split)
         tokens, labels = stream.windows(self.config.text.length)
         pick = np.linspace(0, len(tokens) - 1, min(n, len(tokens))).round().astype(int)
         tokens, labels = tokens[pick], labels[pick]
@@ -312,7 +320,7 @@ class TextRun(RunBase):
         chars = sum(len(self.tokenizer.decode(row.tolist())) for row in tokens)
         L = tokens.shape[1]
         per_char = nats.numpy() / (chars / len(tokens)) / math.log(2)  # (K,) bits/char per window, for the error
-        return {"data": f"{self.config.data.name} held-out documents", "n": len(tokens), "method": self.method.name,
+        return {"data": f"{self.config.data.name} {split} documents", "n": len(tokens), "method": self.method.name,
                 "bits_per_char": float(nats.sum() / chars / math.log(2)),
                 "bits_per_char_stderr": float(per_char.std() / math.sqrt(len(per_char))) if len(per_char) > 1 else None,
                 "bits_per_token": float(nats.mean() / L / math.log(2)), "chars_per_token": chars / tokens.numel(),

@@ -1,0 +1,159 @@
+"""Text: the five methods of task text on one corpus, at the same parameter count and the same CPU budget:
+
+    python bench/text.py --corpus bible --minutes 20 --parallel 2      # train the five shipped configs, then score
+    python bench/text.py --corpus bible --score-only
+
+Each method is its shipped config (configs/text_<method>.yaml: the same transformer, characters, sequences of 256)
+trained for --minutes, --parallel runs at a time on cores / parallel threads each. Scored on the corpus's test
+documents (held out of every run's training and of every choice of settings, bench/text_levers.py):
+- held-out bits/char: the ELBO of the diffusion methods, the exact NLL of the autoregressive baseline;
+- samples at each number of steps, judged by the autoregressive run (generative perplexity and bits/char: lower is
+  more like the corpus to the judge, which also judges its own samples, so its own row is flattered), their unigram
+  entropy and distinct-n (a collapse into repetition lowers them), beside real held-out windows;
+- seconds per sample of 256 characters: one sequence at a time (latency) and --batch at once (throughput), each
+  diffusion method at 32 steps against the autoregressive model's 256 steps with its key-value cache, measured
+  alternately --repeats times (medians);
+- infilling: --infills held-out windows with their first and last quarter given, the middle filled at 32 steps;
+  the judge's bits/char of the filled middle given the prefix (beside the real middle's), and whether the prefix and
+  suffix come back exactly.
+Results bench/results/text-<corpus>-<date>.json, figure bench/figures/text-<corpus>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import torch  # noqa: E402
+
+from difflab.evaluate.text import bits_per_char, diversity  # noqa: E402
+from difflab.tasks import load_run  # noqa: E402
+from difflab.tasks.base import Samples  # noqa: E402
+from difflab.tasks.text import TextCondition  # noqa: E402
+from difflab.tasks.text_methods import METHODS  # noqa: E402
+from runs import run_summary, train_in_parallel  # noqa: E402
+
+SEED = 20261202
+STEPS = {"masked": (4, 8, 16, 32, 64, 128), "mask-predict": (8, 32, 128), "uniform": (8, 32, 128),
+         "embedding": (8, 32, 128), "autoregressive": (None,)}  # None: one step per token
+TIMED_STEPS = 32  # the diffusion methods' steps in the timing and infilling rows
+
+
+def config_of(method: str) -> Path:
+    return ROOT / "configs" / f"text_{method.replace('-', '_')}.yaml"
+
+
+def judged(judge, texts: list[str]) -> dict:
+    """The judge's bits/char and perplexity of ``texts`` with their unigram entropy and distinct-n."""
+    nats, chars = judge.score_texts(texts)
+    tokens = sum(len(judge.tokenizer.encode(t)) for t in texts)
+    return {"gen_bits_per_char": bits_per_char(nats, chars), "gen_perplexity": float(torch.tensor(nats / tokens).exp()),
+            **diversity(texts)}
+
+
+def timing(runs: dict, batch: int, repeats: int) -> dict:
+    """Median seconds per sample of each run at 1 and ``batch`` sequences, measured alternately."""
+    times: dict[str, dict[str, list[float]]] = {m: {"1": [], str(batch): []} for m in runs}
+    for r in range(repeats):
+        for method, run in runs.items():
+            steps = None if method == "autoregressive" else TIMED_STEPS
+            for n in (1, batch):
+                t0 = time.perf_counter()
+                run.sample(n, steps=steps, seed=SEED + r, progress=False)
+                times[method][str(n)].append((time.perf_counter() - t0) / n)
+    return {m: {f"seconds_per_sample_batch_{n}": statistics.median(v) for n, v in t.items()} for m, t in times.items()}
+
+
+def infilling(run, judge, windows: list[str], steps: int) -> dict:
+    """Fill the middle half of each window given its first and last quarter."""
+    exact, filled, real = 0, [], []
+    for i, text in enumerate(windows):
+        q = len(text) // 4
+        prefix, middle, suffix = text[:q], text[q:len(text) - q], text[len(text) - q:]
+        out = str(run.sample(1, cond=TextCondition(prefix, suffix), steps=steps, seed=SEED + i, progress=False).data[0])
+        exact += out.startswith(prefix) and out.endswith(suffix)
+        filled.append((prefix, out[len(prefix):len(out) - len(suffix)]))
+        real.append((prefix, middle))
+
+    def span_bits(pairs):
+        nats = chars = 0
+        for prefix, mid in pairs:
+            nats += judge.score_texts([prefix + mid])[0] - judge.score_texts([prefix])[0]
+            chars += len(mid)
+        return bits_per_char(nats, chars)
+
+    return {"infill_n": len(windows), "infill_exact": exact / len(windows), "infill_bits_per_char": span_bits(filled),
+            "infill_real_bits_per_char": span_bits(real)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", default="bible")
+    p.add_argument("--minutes", type=float, default=20.0)
+    p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--methods", nargs="*", default=list(METHODS))
+    p.add_argument("--nll-n", type=int, default=300, help="held-out windows of the bound")
+    p.add_argument("--n", type=int, default=32, help="samples per row")
+    p.add_argument("--batch", type=int, default=32, help="sequences at once in the throughput timing")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--infills", type=int, default=16)
+    p.add_argument("--score-only", action="store_true")
+    args = p.parse_args()
+    folder = ROOT / "bench" / "results" / f"text-{args.corpus}"
+    folders = {m: folder / m for m in args.methods}
+    if not args.score_only:
+        train_in_parallel([(folders[m], config_of(m), args.minutes, [f"data.name={args.corpus}"])
+                           for m in args.methods], args.parallel)
+    runs = {m: load_run(folders[m]) for m in args.methods}
+    judge = runs["autoregressive"]
+    held = judge.held_out()
+    tokens, _ = held.windows(judge.config.text.length)
+    pick = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(SEED))[:args.n + args.infills]
+    real = [judge.tokenizer.decode(tokens[i].tolist()) for i in pick]
+    rows = [{"method": "held-out text", **judged(judge, real[:args.n])}]
+    print(f"held-out text: judge {rows[0]['gen_bits_per_char']:.3f} bits/char", flush=True)
+    for method, run in runs.items():
+        b = run.nll(args.nll_n, progress=False)
+        summary = run_summary(folders[method])
+        base = {"method": method, "parameters": sum(q.numel() for q in run.model.parameters()),
+                "train_steps": summary.pop("steps"), **summary, "bits_per_char": b["bits_per_char"],
+                "bits_per_char_stderr": b["bits_per_char_stderr"], "exact": b["exact"]}
+        print(f"{method}: {base['parameters'] / 1e6:.2f}M parameters, {base['train_steps']} steps, held-out "
+              f"{b['bits_per_char']:.3f} bits/char", flush=True)
+        for steps in STEPS[method]:
+            t0 = time.perf_counter()
+            samples: Samples = run.sample(args.n, steps=steps, seed=SEED, progress=False)
+            row = {**base, "steps": steps or run.config.text.length, "sample_seconds": time.perf_counter() - t0,
+                   **judged(judge, [str(t) for t in samples.data]), "example": str(samples.data[0])}
+            rows.append(row)
+            print(f"  {row['steps']:4d} steps: judge {row['gen_bits_per_char']:.3f} bits/char, entropy "
+                  f"{row['unigram_entropy']:.2f}, distinct-2 {row['distinct_2']:.2f}", flush=True)
+        if run.method.infills:
+            rows[-1] |= infilling(run, judge, real[args.n:], TIMED_STEPS)
+            print(f"  infilling: exact {rows[-1]['infill_exact']:.2f}, judge {rows[-1]['infill_bits_per_char']:.3f} "
+                  f"bits/char (real {rows[-1]['infill_real_bits_per_char']:.3f})", flush=True)
+    times = timing(runs, args.batch, args.repeats)
+    print("seconds per sample:", json.dumps(times, indent=1), flush=True)
+    date = datetime.date.today().isoformat()
+    res = {"date": date, "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+           "torch": torch.__version__, "corpus": args.corpus, "minutes": args.minutes, "parallel": args.parallel,
+           "threads_per_run": max(1, (os.cpu_count() or 1) // args.parallel), "seed": SEED, "n": args.n,
+           "nll_windows": args.nll_n, "rows": rows, "timing": times, "timed_steps": TIMED_STEPS}
+    out = ROOT / "bench" / "results" / f"text-{args.corpus}-{date}.json"
+    out.write_text(json.dumps(res, indent=1))
+    print(f"results {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
