@@ -166,6 +166,11 @@ CASES = [
          "model.text_encoder=scratch cascade.base_run={f}/nope", "not a run folder"),
     case("sample", "a cascade whose base stage is missing", "sample {f}/nobase", "does not exist"),
     case("sample", "a dynamic-thresholding percentile above 100", "sample {run} --dynamic-threshold 150", "percentile"),
+    case("train", "a text corpus that is not UTF-8", "train --out {out}/r --set task=text data.name=text-file "
+         "data.path={f}/latin1.txt", "is not UTF-8"),
+    case("train", "a text run on images", "train --out {out}/r --set task=text", "set data.name to one of bible"),
+    case("train", "text heads that do not divide the width", "train --out {out}/r --set task=text text.heads=3",
+         "text.heads=3 does not divide text.width"),
     case("vocode", "a run that is not a vocoder", "vocode {t2i} {f}/img.png --out {out}/v.wav", "not a vocoder run"),
     case("vocode", "an output that is not a WAV", "vocode {t2i} {f}/img.png --out {out}/v.mp3", "name a .wav file"),
     case("upscale", "an input that is not an image", "upscale {cascade} {f}/afile --out {out}/u.png",

@@ -153,3 +153,26 @@ def test_a_file_that_is_not_utf8_is_one_line_or_replaced(tmp_path, capsys):
 def test_a_text_task_on_an_image_dataset_is_one_line(capsys, tmp_path):
     assert main(["train", "--out", str(tmp_path / "r"), "--set", "task=text", "data.name=digits"]) == 2
     assert "set data.name to one of bible, fortunes, text-file" in capsys.readouterr().err
+
+
+def test_difflab_eval_prints_the_judged_samples_and_writes_them(runs, capsys):
+    run = runs["mask-predict"]
+    assert main(["eval", str(run), "--n", "10", "--scorer", str(runs["autoregressive"]), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "judge bpc" in out and "distinct-2" in out
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["n"] == 10 and saved["gen_perplexity"] > 1 and saved["sampler"] == "mask-predict"
+
+
+def test_scoring_with_a_run_that_is_not_autoregressive_is_one_line(runs, capsys):
+    assert main(["eval", str(runs["masked"]), "--n", "10", "--scorer", str(runs["uniform"])]) == 2
+    assert "not an autoregressive text run" in capsys.readouterr().err
+
+
+def test_a_report_shows_text_samples_and_the_bound(runs, tmp_path):
+    run = runs["uniform"]
+    assert main(["eval", str(run), "--nll-only", "--nll-n", "4", "--no-progress"]) == 0
+    out = tmp_path / "report.html"
+    assert main(["report", str(run), "--out", str(out), "--samples", "2"]) == 0
+    page = out.read_text()
+    assert "text-sample" in page and "held-out bits/char" in page

@@ -60,7 +60,11 @@ _TABLE = (("FID", "fid", ".3f"), ("KID", "kid", ".5f"), ("precision", "precision
           ("mel L1 b.", "baseline_log_mel_l1", ".4f"), ("ASR orig.", "asr_original", ".4f"),
           ("ASR", "asr", ".4f"), ("ASR base", "asr_baseline", ".4f"),
           ("word acc.", "word_accuracy", ".4f"), ("word acc. real", "word_accuracy_real", ".4f"),  # spoken words
-          ("diversity", "diversity", ".4f"), ("divers. real", "diversity_real", ".4f"))
+          ("diversity", "diversity", ".4f"), ("divers. real", "diversity_real", ".4f"),
+          ("judge bpc", "gen_bits_per_char", ".4f"), ("gen. ppl", "gen_perplexity", ".3f"),  # text samples
+          ("unigram H", "unigram_entropy", ".4f"), ("distinct-1", "distinct_1", ".4f"),
+          ("distinct-2", "distinct_2", ".4f"), ("distinct-3", "distinct_3", ".4f"),
+          ("s/sample", "seconds_per_sample", ".4f"))
 _NOTE_OF = {"precision": "prdc"}  # the note of a row, where its key is not the row's: PRDC's prints once
 
 
