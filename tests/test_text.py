@@ -176,3 +176,21 @@ def test_a_report_shows_text_samples_and_the_bound(runs, tmp_path):
     assert main(["report", str(run), "--out", str(out), "--samples", "2"]) == 0
     page = out.read_text()
     assert "text-sample" in page and "held-out bits/char" in page
+
+
+def test_validation_documents_are_held_out_of_training_and_of_the_test_split(tmp_path):
+    from difflab.errors import UserError
+    from difflab.tasks.text import corpus_split
+
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    for i in range(40):
+        (corpus / f"doc{i:02d}.txt").write_text(f"document number {i} " * 3, encoding="utf-8")
+    cfg = apply_overrides(Config(), _overrides(corpus, "masked", "text.validation_fraction=0.2"))
+    train, test, _ = corpus_split(cfg)
+    _, validation, _ = corpus_split(cfg, "validation")
+    sets = [set(c.documents) for c in (train, test, validation)]
+    assert all(sets) and not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    assert sum(map(len, sets)) == 40
+    with pytest.raises(UserError, match="text.validation_fraction"):
+        corpus_split(apply_overrides(Config(), _overrides(corpus, "masked")), "validation")

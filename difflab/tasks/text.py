@@ -258,7 +258,7 @@ class TextRun(RunBase):
             middles += [self.decode_middle(row, fixed) for row in tokens.cpu()]
         seconds = time.perf_counter() - start_time
         texts = [cond.prefix + m + cond.suffix for m in middles]
-        return Samples(np.asarray(texts + [None], dtype=object)[:-1],
+        return Samples(np.array(texts, dtype=object),
                        {"prefix": np.asarray([cond.prefix] * n, dtype=object),
                         "suffix": np.asarray([cond.suffix] * n, dtype=object),
                         "category": np.asarray([cond.category or ""] * n, dtype=object),
