@@ -16,7 +16,7 @@ documents (held out of every run's training and of every choice of settings, ben
 - infilling: --infills held-out windows with their first and last quarter given, the middle filled at 32 steps;
   the judge's bits/char of the filled middle given the prefix (beside the real middle's), and whether the prefix and
   suffix come back exactly.
-Results bench/results/text-<corpus>-<date>.json, figure bench/figures/text-<corpus>.png.
+Results bench/results/text-<corpus>-<date>.json, figure bench/figures/text-<corpus>.png (or --name NAME).
 """
 
 from __future__ import annotations
@@ -143,6 +143,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--infills", type=int, default=16)
     p.add_argument("--score-only", action="store_true")
+    p.add_argument("--name", help="results NAME-<date>.json and bench/figures/NAME.png (default text-CORPUS)")
     p.add_argument("--figure-only", type=Path, metavar="JSON", help="redraw the figure of a results file")
     args = p.parse_args()
     if args.figure_only:
@@ -189,9 +190,10 @@ def main() -> None:
            "torch": torch.__version__, "corpus": args.corpus, "minutes": args.minutes, "parallel": args.parallel,
            "threads_per_run": max(1, (os.cpu_count() or 1) // args.parallel), "seed": SEED, "n": args.n,
            "nll_windows": args.nll_n, "rows": rows, "timing": times, "timed_steps": TIMED_STEPS}
-    out = ROOT / "bench" / "results" / f"text-{args.corpus}-{date}.json"
+    name = args.name or f"text-{args.corpus}"
+    out = ROOT / "bench" / "results" / f"{name}-{date}.json"
     out.write_text(json.dumps(res, indent=1))
-    fig = figure(res, ROOT / "bench" / "figures" / f"text-{args.corpus}.png")
+    fig = figure(res, ROOT / "bench" / "figures" / f"{name}.png")
     print(f"results {out.relative_to(ROOT)}, figure {fig.relative_to(ROOT)}")
 
 
