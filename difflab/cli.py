@@ -408,7 +408,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from difflab.evaluate.run_eval import EVAL_FILE, format_table
     from difflab.measure import evaluate_run, evaluate_run_nll
+    from difflab.tasks import run_class
+    from difflab.tasks.base import a_run
 
+    if args.scorer and (cfg := run_class(args.run)[0]).task != "text":
+        raise UserError(f"{args.run} is {a_run(cfg.task)}, so --scorer cannot be used: it judges the samples of "
+                        "text runs")
     if args.nll or args.nll_only:
         b = evaluate_run_nll(args.run, n=args.nll_n, strata=args.nll_strata or None, variance=args.variance,
                              seed=args.seed, device=_device(args.device), progress=not args.no_progress)

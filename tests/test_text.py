@@ -194,3 +194,13 @@ def test_validation_documents_are_held_out_of_training_and_of_the_test_split(tmp
     assert sum(map(len, sets)) == 40
     with pytest.raises(UserError, match="text.validation_fraction"):
         corpus_split(apply_overrides(Config(), _overrides(corpus, "masked")), "validation")
+
+
+def test_a_scorer_for_a_run_that_is_not_text_is_one_line(runs, tmp_path, capsys):
+    from difflab.config import dump_config
+
+    folder = tmp_path / "img"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(dump_config(Config()))
+    assert main(["eval", str(folder), "--scorer", str(runs["autoregressive"])]) == 2
+    assert "so --scorer cannot be used" in capsys.readouterr().err
