@@ -177,8 +177,10 @@ def save_checkpoint(run: Path, step: int, weights: dict[str, dict[str, Tensor]],
                 os.fsync(fh.fileno())
     write_text_atomic(ckpts / LATEST, name)
     old = sorted(p for p in ckpts.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())[:-keep] if keep > 0 else []
-    for p in old:
-        shutil.rmtree(p, ignore_errors=True)
+    for p in old:  # renamed first (atomic), so a kill during the removal never leaves a named, partial checkpoint
+        doomed = p.with_name(f".tmp-{p.name}-removing")
+        p.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     return ckpts / name
 
 
