@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from difflab.evaluate.text import bits_per_char, diversity  # noqa: E402
 from difflab.tasks import load_run  # noqa: E402
 from difflab.tasks.base import Samples  # noqa: E402
-from difflab.tasks.text import TextCondition  # noqa: E402
+from difflab.tasks.text import TextCondition, judged as judge_texts  # noqa: E402
 from difflab.tasks.text_methods import METHODS  # noqa: E402
 from runs import run_summary, train_in_parallel  # noqa: E402
 
@@ -56,10 +56,7 @@ def config_of(method: str) -> Path:
 
 def judged(judge, texts: list[str]) -> dict:
     """The judge's bits/char and perplexity of ``texts`` with their unigram entropy and distinct-n."""
-    nats, chars = judge.score_texts(texts)
-    tokens = sum(len(judge.tokenizer.encode(t)) for t in texts)
-    return {"gen_bits_per_char": bits_per_char(nats, chars), "gen_perplexity": float(torch.tensor(nats / tokens).exp()),
-            **diversity(texts)}
+    return {**judge_texts(judge, texts), **diversity(texts)}
 
 
 def timing(runs: dict, batch: int, repeats: int) -> dict:

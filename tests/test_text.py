@@ -141,13 +141,14 @@ def test_bad_sampling_requests_are_one_line(runs, args, message, capsys, tmp_pat
 
 def test_a_file_that_is_not_utf8_is_one_line_or_replaced(tmp_path, capsys):
     corpus = tmp_path / "bad.txt"
-    corpus.write_bytes(("plain text that is long enough for windows. " * 5).encode() + b"\xff\xfe" + b" more." * 20)
+    corpus.write_bytes(("plain text that is long enough for windows. " * 5).encode() + b"\xff\xfe" + b" more." * 20
+                       + b"\n\nA second document, so that one can be held out. " * 3)
     args = ["train", "--no-progress", "--out", str(tmp_path / "r"), "--set", *TINY_TEXT, f"data.path={corpus}"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "not UTF-8" in err and str(corpus) in err and "byte 220" in err  # 5 x 44 ASCII bytes before it
     with pytest.warns(UserWarning):
-        assert main([*args, "text.errors=replace", "text.test_fraction=0.5"]) in (0, 2)
+        assert main([*args, "text.errors=replace", "text.test_fraction=0.5"]) == 0
 
 
 def test_a_text_task_on_an_image_dataset_is_one_line(capsys, tmp_path):

@@ -344,17 +344,13 @@ class TextRun(RunBase):
                 **_: Any) -> dict[str, Any]:
         """Unigram entropy and distinct-n of the samples, seconds per sample; with ``scorer`` (an autoregressive text
         run of the same corpus) their generative perplexity and bits/char under it."""
-        from difflab.evaluate.text import bits_per_char, diversity
+        from difflab.evaluate.text import diversity
 
         texts = [str(t) for t in samples.data]
         out: dict[str, Any] = {"data": f"{self.config.data.name} samples", **diversity(texts),
                                "seconds_per_sample": float(np.mean(samples.conditions["seconds"]))}
         if scorer is not None:
-            judge = scoring_run(scorer, self.device)
-            nats, chars = judge.score_texts(texts)
-            tokens = sum(len(judge.tokenizer.encode(t)) for t in texts)
-            out |= {"scorer": str(scorer), "gen_bits_per_char": bits_per_char(nats, chars),
-                    "gen_perplexity": math.exp(nats / tokens)}
+            out |= {"scorer": str(scorer), **judged(scoring_run(scorer, self.device), texts)}
         return out
 
     def evaluate(self, n: int, *, seed: int = 0, sampler: str | None = None, steps: int | None = None,
@@ -394,6 +390,15 @@ def scoring_run(folder: str | Path, device: torch.device | str) -> TextRun:
         raise UserError(f"{folder} is not an autoregressive text run, so it cannot score samples: pass --scorer with "
                         "a run of configs/text_autoregressive.yaml trained on the same corpus")
     return run
+
+
+def judged(judge: TextRun, texts: Sequence[str]) -> dict[str, float]:
+    """The judge's (an autoregressive run's) bits/char and generative perplexity of ``texts``."""
+    from difflab.evaluate.text import bits_per_char
+
+    nats, chars = judge.score_texts(texts)
+    tokens = sum(len(judge.tokenizer.encode(t)) for t in texts)
+    return {"gen_bits_per_char": bits_per_char(nats, chars), "gen_perplexity": math.exp(nats / tokens)}
 
 
 # -- report --------------------------------------------------------------------------------------
