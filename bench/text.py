@@ -105,7 +105,7 @@ def figure(res: dict, out: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     rows = res["rows"]
     for method in STEPS:
-        mine = [r for r in rows if r["method"] == method]
+        mine = [r for r in rows if r["method"] == method and r.get("temperature", 1) == 1 and r.get("top_p", 1) == 1]
         if not mine:
             continue
         if method == "autoregressive":
@@ -139,7 +139,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32, help="sequences at once in the throughput timing")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--infills", type=int, default=16)
+    p.add_argument("--draws", nargs="*", default=[], metavar="T,P",
+                   help="extra rows of masked (at its most steps) and autoregressive samples drawn at temperature T "
+                        "and top-p P (chosen with bench/text_levers.py --sampling)")
     p.add_argument("--score-only", action="store_true")
+    p.add_argument("--train-only", action="store_true")
     p.add_argument("--name", help="results NAME-<date>.json and bench/figures/NAME.png (default text-CORPUS)")
     p.add_argument("--figure-only", type=Path, metavar="JSON", help="redraw the figure of a results file")
     args = p.parse_args()
@@ -152,6 +156,8 @@ def main() -> None:
     if not args.score_only:
         train_in_parallel([(folders[m], config_of(m), args.minutes, [f"data.name={args.corpus}"])
                            for m in args.methods], args.parallel)
+    if args.train_only:
+        return
     runs = {m: load_run(folders[m]) for m in args.methods}
     judge = runs["autoregressive"]
     held = judge.held_out()
@@ -168,18 +174,25 @@ def main() -> None:
                 "bits_per_char_stderr": b["bits_per_char_stderr"], "exact": b["exact"]}
         print(f"{method}: {base['parameters'] / 1e6:.2f}M parameters, {base['train_steps']} steps, held-out "
               f"{b['bits_per_char']:.3f} bits/char", flush=True)
-        for steps in STEPS[method]:
+        draws = [(steps, 1.0, 1.0) for steps in STEPS[method]]
+        if method in ("masked", "autoregressive"):
+            draws += [(STEPS[method][-1], *map(float, d.split(","))) for d in args.draws]
+        for steps, temperature, top_p in draws:
             t0 = time.perf_counter()
-            samples: Samples = run.sample(args.n, steps=steps, seed=SEED, progress=False)
-            row = {**base, "steps": steps or run.config.text.length, "sample_seconds": time.perf_counter() - t0,
+            samples: Samples = run.sample(args.n, cond=TextCondition(temperature=temperature, top_p=top_p),
+                                          steps=steps, seed=SEED, progress=False)
+            row = {**base, "steps": steps or run.config.text.length, "temperature": temperature, "top_p": top_p,
+                   "sample_seconds": time.perf_counter() - t0,
                    **judged(judge, [str(t) for t in samples.data]), "example": str(samples.data[0])}
             rows.append(row)
-            print(f"  {row['steps']:4d} steps: judge {row['gen_bits_per_char']:.3f} bits/char, entropy "
-                  f"{row['unigram_entropy']:.2f}, distinct-2 {row['distinct_2']:.2f}", flush=True)
-        if run.method.infills:
-            rows[-1] |= infilling(run, judge, real[args.n:], TIMED_STEPS)
-            print(f"  infilling: exact {rows[-1]['infill_exact']:.2f}, judge {rows[-1]['infill_bits_per_char']:.3f} "
-                  f"bits/char (real {rows[-1]['infill_real_bits_per_char']:.3f})", flush=True)
+            print(f"  {row['steps']:4d} steps, temperature {temperature:g}, top-p {top_p:g}: judge "
+                  f"{row['gen_bits_per_char']:.3f} bits/char, entropy {row['unigram_entropy']:.2f}, distinct-2 "
+                  f"{row['distinct_2']:.2f}", flush=True)
+        if run.method.infills:  # on the method's last row at temperature 1
+            last = rows[len(rows) - len(draws) + len(STEPS[method]) - 1]
+            last |= infilling(run, judge, real[args.n:], TIMED_STEPS)
+            print(f"  infilling: exact {last['infill_exact']:.2f}, judge {last['infill_bits_per_char']:.3f} "
+                  f"bits/char (real {last['infill_real_bits_per_char']:.3f})", flush=True)
     times = timing(runs, args.batch, args.repeats)
     print("seconds per sample:", json.dumps(times, indent=1), flush=True)
     date = datetime.date.today().isoformat()

@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from difflab.discrete import (SampleStats, cmlm_loss, draw_times, mask_forward, mask_predict, masked_marginal,
-                              masked_nelbo, remask_count, sample_masked, sample_uniform, subs_log_probs,
-                              token_schedule, uniform_forward, uniform_jump_posterior, uniform_marginal,
-                              uniform_nelbo, uniform_posterior)
+from difflab.discrete import (SampleStats, cmlm_loss, draw_counts, draw_times, mask_forward, mask_predict,
+                              masked_count_nelbo, masked_marginal, masked_nelbo, remask_count, sample_masked,
+                              sample_uniform, subs_log_probs, tempered, token_schedule, uniform_forward,
+                              uniform_jump_posterior, uniform_marginal, uniform_nelbo, uniform_posterior)
 from difflab.discrete.masked import token_nll
 from difflab.discrete.samplers import uniform_grid
 from difflab.discrete.uniform import uniform_alpha_bar, uniform_prior_kl, uniform_step_kl
@@ -258,6 +258,35 @@ def test_masked_nelbo_bounds_poor_denoiser(poor):
     assert float((p * exact).sum()) > entropy(p)
 
 
+def test_draw_counts_cover_one_to_L_evenly():
+    """Low-discrepancy counts: a batch of B = r L holds every k in 1 .. L exactly r times; without, k in 1 .. L."""
+    for seed in range(5):
+        k = draw_counts(3 * 7, 7, torch.Generator().manual_seed(seed))
+        assert torch.equal(torch.bincount(k, minlength=8)[1:], torch.full((7,), 3))
+    k = draw_counts(1000, 7, torch.Generator().manual_seed(0), antithetic=False)
+    assert int(k.min()) == 1 and int(k.max()) == 7
+
+
+def test_masked_count_nelbo_equals_log_likelihood_with_lower_variance():
+    """The any-order form (and L times Mask-Predict's CMLM loss) with the exact denoiser averages to -log p(x0);
+    for the context-free denoiser it averages to the same known NELBO as MDLM's estimator, with less variance."""
+    p, repeats = tiny_p(), 3000
+    x0 = SEQS.repeat(repeats, 1)  # (27 R, L)
+    g = torch.Generator().manual_seed(3)
+    for estimate in (masked_count_nelbo(ExactMasked(p), x0, MASK, generator=g),
+                     L * cmlm_loss(ExactMasked(p), x0, MASK, generator=g)):  # Mask-Predict's loss is the same bound
+        error = estimate + p.log()[index_of(x0)]
+        assert abs(float(error.mean())) < Z * float(error.std()) / math.sqrt(len(error))
+    model = context_free(p, V + 1)
+    exact = -position_marginals(p[None])[0].log().gather(-1, SEQS.T).sum(0)  # (27,)
+    count = masked_count_nelbo(model, x0, MASK, generator=g)
+    time = masked_nelbo(model, x0, token_schedule("log-linear", eps=0.0), MASK, generator=g,
+                        t=draw_times(len(x0), g, t_min=1e-6, dtype=F64))
+    estimate, se = per_sequence_mean(count, p)
+    assert abs(estimate - float((p * exact).sum())) < Z * se
+    assert float((count - exact[index_of(x0)]).var()) < 0.5 * float((time - exact[index_of(x0)]).var())
+
+
 def test_cmlm_loss_masks_one_to_L_and_averages():
     """n ~ U{1 .. L} tokens masked, t = n / L passed, the loss is the mean cross-entropy (log V for flat logits)."""
     seen = []
@@ -411,6 +440,20 @@ def test_sampler_input_errors():
 
 
 # -- Mask-Predict ------------------------------------------------------------------------------
+def test_tempered_divides_by_the_temperature_and_keeps_the_nucleus():
+    p = torch.tensor([[0.15, 0.5, 0.05, 0.3]], dtype=F64)  # sorted: 0.5, 0.3, 0.15, 0.05
+    assert torch.equal(tempered(p.log()), p.log())
+    assert torch.allclose(tempered(p.log(), 0.5).softmax(-1), p ** 2 / (p ** 2).sum())
+    kept = lambda top_p: torch.isfinite(tempered(p.log(), top_p=top_p))[0].tolist()  # noqa: E731
+    assert kept(0.79) == [False, True, False, True]  # 0.5 + 0.3 reaches it
+    assert kept(0.81) == [True, True, False, True]
+    assert kept(1e-9) == [False, True, False, False]
+    assert kept(1.0) == [True] * 4
+    for bad in ({"temperature": 0.0}, {"top_p": 0.0}, {"top_p": 1.1}):
+        with pytest.raises(UserError):
+            tempered(p.log(), **bad)
+
+
 def test_remask_count():
     assert [remask_count(10, k, 10) for k in range(1, 11)] == [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
     assert [remask_count(8, k, 3) for k in range(1, 4)] == [5, 2, 0]

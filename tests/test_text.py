@@ -87,6 +87,42 @@ def test_samples_are_scored_by_the_autoregressive_run(runs, tmp_path):
     assert 0 < m["unigram_entropy"] and 0 <= m["distinct_1"] <= 1 and m["seconds_per_sample"] > 0
 
 
+@pytest.mark.parametrize("method", ["masked", "uniform", "autoregressive"])
+def test_a_tiny_nucleus_draws_the_most_likely_token_whatever_the_seed(runs, method):
+    """top_p -> 0 keeps only the most likely token at each draw: the samples no longer depend on the seed (the
+    masked sampler's order of unmasking still does, so there the check is on the temperature's sharpening)."""
+    loaded = load_run(runs[method])
+    sharp = TextCondition(temperature=0.05, top_p=1e-9)
+    a, b = (loaded.sample(2, cond=sharp, seed=seed, progress=False).data for seed in (1, 2))
+    plain = [loaded.sample(2, seed=seed, progress=False).data for seed in (1, 2)]
+    if method == "autoregressive":
+        assert list(a) == list(b) and list(plain[0]) != list(plain[1])
+    assert len(set("".join(a))) <= len(set("".join(plain[0])))
+
+
+def test_mask_predict_draws_different_texts_and_its_argmax_one_text(runs):
+    """Unconditionally, the paper's argmax decoding (temperature 0) writes the same text in every sample; the
+    default draws (temperature 1) do not."""
+    loaded = load_run(runs["mask-predict"])
+    assert len(set(loaded.sample(3, cond=TextCondition(temperature=0.0), seed=1, progress=False).data)) == 1
+    assert len(set(loaded.sample(3, seed=1, progress=False).data)) == 3
+
+
+def test_embedding_sampling_refuses_a_temperature(runs, capsys):
+    assert main(["sample", str(runs["embedding"]), "--n", "1", "--temperature", "0.7"]) == 2
+    assert "takes no --temperature or --top-p" in capsys.readouterr().err
+
+
+def test_the_judge_scores_a_batch_as_the_sum_of_its_texts(runs):
+    """score_texts batches windows of equal length: the nats and characters are those of each text alone, summed."""
+    judge = load_run(runs["autoregressive"])
+    texts = [VERSES[0] * 2, VERSES[1], VERSES[2] + VERSES[3]]
+    alone = [judge.score_texts([t]) for t in texts]
+    nats, chars = judge.score_texts(texts)
+    assert chars == sum(c for _, c in alone) == sum(len(t) for t in texts)
+    assert nats == pytest.approx(sum(n for n, _ in alone), rel=1e-6)
+
+
 def test_jsonl_output_names_each_samples_condition(runs, tmp_path):
     out = tmp_path / "s.jsonl"
     assert main(["sample", str(runs["masked"]), "--n", "2", "--prefix", "The", "--out", str(out)]) == 0
@@ -131,6 +167,9 @@ def test_categories_condition_samples_and_unknown_ones_are_refused(tmp_path, cap
     (["--prefix", "Zebra ☃"], "characters this run never saw"),
     (["--guidance", "2"], "text runs take no --guidance"),
     (["--out", "s.png"], "use a .txt file"),
+    (["--temperature", "0"], "must be > 0"),
+    (["--top-p", "1.5"], "must be in (0, 1]"),
+    (["--sampler", "mask-predict", "--temperature", "-1"], "is negative"),
 ])
 def test_bad_sampling_requests_are_one_line(runs, args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

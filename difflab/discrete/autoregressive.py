@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from difflab.discrete.samplers import tempered
 from difflab.models.text_transformer import KVCache, TextTransformer
 from difflab.samplers.common import steps_bar
 
@@ -91,9 +92,9 @@ def ar_loss(model: TextTransformer, tokens: Tensor, *, labels: Tensor | None = N
     return -token_log_probs(model, tokens, labels=labels, bos=bos).mean()
 
 
-def _draw(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
+def _draw(logits: Tensor, generator: torch.Generator | None) -> Tensor:
     """One categorical draw per row of logits (B, V), by inverse CDF in float64 -> (B,) int64."""
-    probs = F.softmax(logits.double() / temperature, dim=-1)  # (B, V)
+    probs = F.softmax(logits.double(), dim=-1)  # (B, V)
     device = generator.device if generator is not None else logits.device
     u = torch.rand(logits.shape[0], generator=generator, device=device, dtype=torch.float64)  # (B,)
     cdf = probs.cumsum(dim=-1)  # (B, V)
@@ -104,7 +105,8 @@ def _draw(logits: Tensor, temperature: float, generator: torch.Generator | None)
 @torch.no_grad()
 def sample_autoregressive(model: TextTransformer, n: int, length: int, *, bos: int, labels: Tensor | None = None,
                           prefix: Tensor | None = None, generator: torch.Generator | None = None,
-                          temperature: float = 1.0, use_cache: bool = True, progress: bool = False) -> Tensor:
+                          temperature: float = 1.0, top_p: float = 1.0, use_cache: bool = True,
+                          progress: bool = False) -> Tensor:
     """Ancestral sampling x_l ~ p(x_l | bos, x_<l), one token at a time (left to right).
 
     The only conditioning a left-to-right model allows on the text itself is a prefix (see the module
@@ -118,7 +120,8 @@ def sample_autoregressive(model: TextTransformer, n: int, length: int, *, bos: i
         labels: (B,) int64 classes (-1 = none) for a label-conditioned model.
         prefix: (B, P) int64 prompt tokens with P <= length; the output starts with them.
         generator: the source of the categorical draws (one uniform per sequence and step).
-        temperature: logits are divided by it (> 0); 1 = the model's distribution.
+        temperature, top_p: each token is drawn from the :func:`~difflab.discrete.samplers.tempered` logits
+            (divided by the temperature, cut to the top-p nucleus; 1, 1 = the model's distribution).
         use_cache: run each step on the new token only with the KV cache; False = the full forward on the
             whole sequence every step (slow; the same samples, to float rounding, for a given generator).
         progress: show a progress bar.
@@ -127,8 +130,7 @@ def sample_autoregressive(model: TextTransformer, n: int, length: int, *, bos: i
         (B, length) int64 tokens.
     """
     _check_causal(model)
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    tempered(torch.zeros(1), temperature, top_p)  # the checks, before any work
     if length > model.max_length:
         raise ValueError(f"length {length} exceeds the model's max_length {model.max_length}")
     device = next(model.parameters()).device
@@ -143,7 +145,7 @@ def sample_autoregressive(model: TextTransformer, n: int, length: int, *, bos: i
             logits, cache = model.forward_step(feed, cache, labels=labels)  # (B, L_new, V)
         else:
             logits = model(seq, labels=labels)  # (B, L, V)
-        token = _draw(logits[:, -1], temperature, generator)  # (B,)
+        token = _draw(tempered(logits[:, -1].double(), temperature, top_p), generator)  # (B,)
         seq = torch.cat([seq, token[:, None]], dim=1)  # (B, L + 1)
         feed = token[:, None]  # (B, 1)
     return seq[:, 1:]  # (B, length)

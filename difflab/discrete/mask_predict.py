@@ -19,7 +19,7 @@ from torch import Tensor
 
 from difflab.discrete.forward import TokenModel
 from difflab.discrete.masked import subs_log_probs
-from difflab.discrete.samplers import Fixed, apply_fixed, categorical, check_fixed, resolve_device
+from difflab.discrete.samplers import Fixed, apply_fixed, categorical, check_fixed, resolve_device, tempered
 from difflab.errors import UserError
 
 
@@ -47,7 +47,7 @@ def _remask(confidence: Tensor, n: Tensor) -> Tensor:
 
 def mask_predict(model: TokenModel, shape: tuple[int, int], iterations: int, mask_id: int, *,
                  cond: dict[str, Any] | None = None, fixed: Fixed | None = None,
-                 generator: torch.Generator | None = None, temperature: float = 0.0,
+                 generator: torch.Generator | None = None, temperature: float = 0.0, top_p: float = 1.0,
                  t_of: Callable[[Tensor], Tensor] | None = None,
                  device: torch.device | str | None = None) -> Tensor:
     """Mask-Predict: K rounds of predicting the masked tokens and re-masking the least confident ones.
@@ -65,7 +65,10 @@ def mask_predict(model: TokenModel, shape: tuple[int, int], iterations: int, mas
         cond: passed to the model unchanged.
         fixed: given positions and tokens, returned exactly.
         generator: the random source (used when ``temperature`` > 0).
-        temperature: 0 takes the argmax (the paper); > 0 samples from softmax(log p / temperature).
+        temperature: 0 takes the argmax (the paper's, for translation: unconditionally every sample is the same
+            text); > 0 draws from the :func:`~difflab.discrete.samplers.tempered` p (with ``top_p``), and the
+            confidence is the drawn token's untempered probability.
+        top_p: the nucleus of the draws (with ``temperature`` > 0).
         t_of: maps the fraction of the sequence masked (B,) to the network's time t (B,); the identity when
             None (a network trained by :func:`~difflab.discrete.masked.cmlm_loss`, or one that ignores t).
         device: where the samples live.
@@ -94,7 +97,7 @@ def mask_predict(model: TokenModel, shape: tuple[int, int], iterations: int, mas
         t = fraction if t_of is None else t_of(fraction)
         log_p = subs_log_probs(model(x, t, cond), x, mask_id)  # (B, L, V+1)
         if temperature > 0:
-            tokens = categorical(log_p / temperature, generator)  # (B, L)
+            tokens = categorical(tempered(log_p, temperature, top_p), generator)  # (B, L)
         else:
             tokens = log_p.argmax(-1)  # (B, L)
         p = log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).exp().to(torch.float64)  # (B, L)

@@ -55,6 +55,27 @@ def categorical(log_p: Tensor, generator: torch.Generator | None = None, dtype: 
     return (log_p + gumbel).argmax(-1)
 
 
+def tempered(log_p: Tensor, temperature: float = 1.0, top_p: float = 1.0) -> Tensor:
+    """log_p (..., V') reshaped for drawing: divided by ``temperature``, then cut to its nucleus (Holtzman et
+    al. 2020, "The Curious Case of Neural Text Degeneration", Sec. 3.1): the fewest most likely tokens whose
+    probability reaches ``top_p`` keep their log-probabilities, the rest get -inf. 1 and 1 return ``log_p``.
+
+    Both trade diversity for likelihood under a judge: report the samples' entropy beside their score.
+    """
+    if not temperature > 0:
+        raise UserError(f"sampling temperature = {temperature} must be > 0: use 1 for the model's distribution")
+    if not 0 < top_p <= 1:
+        raise UserError(f"top_p = {top_p} must be in (0, 1]: use 1 for no nucleus cut")
+    if temperature != 1:
+        log_p = log_p / temperature
+    if top_p < 1:
+        p_sorted, order = log_p.to(F64).softmax(-1).sort(-1, descending=True)  # (..., V')
+        before = p_sorted.cumsum(-1) - p_sorted  # (..., V'): probability of the more likely tokens
+        cut = torch.zeros_like(before, dtype=torch.bool).scatter(-1, order, before >= top_p)  # (..., V') unsorted
+        log_p = log_p.masked_fill(cut, float("-inf"))
+    return log_p
+
+
 def resolve_device(device: torch.device | str | None, generator: torch.Generator | None) -> torch.device:
     """``device``, else the generator's device, else the CPU."""
     if device is not None:
@@ -92,7 +113,8 @@ def sample_masked(model: TokenModel, shape: tuple[int, int], schedule: TokenSche
                   cond: dict[str, Any] | None = None, generator: torch.Generator | None = None,
                   fixed: Fixed | None = None, dtype: torch.dtype = F64, cache: bool = True,
                   time_conditioned: bool = True, stats: SampleStats | None = None,
-                  device: torch.device | str | None = None, progress: bool = False) -> Tensor:
+                  device: torch.device | str | None = None, progress: bool = False, temperature: float = 1.0,
+                  top_p: float = 1.0) -> Tensor:
     """MDLM's ancestral unmasking sampler (Sahoo et al. 2024, Sec. 3.3; its ``_ddpm_caching_update``).
 
     Times t_j = 1 - j / steps from 1 to 0, starting fully masked. From t to s < t each still-masked position is
@@ -121,10 +143,12 @@ def sample_masked(model: TokenModel, shape: tuple[int, int], schedule: TokenSche
         stats: filled with the number of network calls.
         device: where the samples live.
         progress: show a progress bar.
+        temperature, top_p: each token is drawn from :func:`tempered` p_theta (1, 1: the model's).
 
     Returns:
         (B, L) int64 tokens in 0 .. V-1.
     """
+    tempered(torch.zeros(1), temperature, top_p)  # the checks, before any work
     if steps < 1:
         raise UserError(f"masked sampling needs steps >= 1, got {steps}: pass a positive number of steps")
     device = resolve_device(device, generator)
@@ -143,7 +167,7 @@ def sample_masked(model: TokenModel, shape: tuple[int, int], schedule: TokenSche
         u = rand(shape, generator, device, dtype)  # (B, L)
         unmask = (x == mask_id) & (u < move)  # (B, L)
         x_next = x.clone()
-        x_next[unmask] = categorical(log_p[unmask], generator, dtype)  # (N,) over the unmasked positions
+        x_next[unmask] = categorical(tempered(log_p[unmask], temperature, top_p), generator, dtype)  # (N,)
         if not cache or time_conditioned or not torch.equal(x_next, x):
             log_p = None
         x = x_next
@@ -160,7 +184,8 @@ def uniform_grid(T: int, steps: int) -> list[int]:
 def sample_uniform(model: TokenModel, shape: tuple[int, int], schedule: TokenSchedule, T: int, steps: int, V: int,
                    *, cond: dict[str, Any] | None = None, generator: torch.Generator | None = None,
                    fixed: Fixed | None = None, dtype: torch.dtype = F64, stats: SampleStats | None = None,
-                   device: torch.device | str | None = None, progress: bool = False) -> Tensor:
+                   device: torch.device | str | None = None, progress: bool = False, temperature: float = 1.0,
+                   top_p: float = 1.0) -> Tensor:
     """Ancestral sampling of uniform-transition D3PM (Austin et al. 2021, Sec. 3), on a grid of ``steps`` jumps.
 
     Starts from uniform tokens at step T and jumps k -> j < k along :func:`uniform_grid`, drawing x_j from
@@ -184,10 +209,12 @@ def sample_uniform(model: TokenModel, shape: tuple[int, int], schedule: TokenSch
         stats: filled with the number of network calls.
         device: where the samples live.
         progress: show a progress bar.
+        temperature, top_p: p_theta(x0 | x_k) is :func:`tempered` before each jump (1, 1: the model's).
 
     Returns:
         (B, L) int64 tokens in 0 .. V-1.
     """
+    tempered(torch.zeros(1), temperature, top_p)  # the checks, before any work
     grid = uniform_grid(T, steps)
     device = resolve_device(device, generator)
     fixed = check_fixed(fixed, shape, V, device)
@@ -198,7 +225,8 @@ def sample_uniform(model: TokenModel, shape: tuple[int, int], schedule: TokenSch
         check_uniform_logits(logits, V)
         if stats is not None:
             stats.model_calls += 1
-        posterior = uniform_jump_posterior(x, logits.to(F64).softmax(-1), uniform_alpha_bar(k, schedule, T),
+        p0 = tempered(logits.to(F64).log_softmax(-1), temperature, top_p).softmax(-1)  # (B, L, V)
+        posterior = uniform_jump_posterior(x, p0, uniform_alpha_bar(k, schedule, T),
                                            uniform_alpha_bar(j, schedule, T), V)  # (B, L, V)
         x = apply_fixed(categorical(posterior.log(), generator, dtype), fixed)
     return x

@@ -148,11 +148,14 @@ def default_sampler(cfg: Config) -> SampleConfig:
 # -- a trained run -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TextCondition:
-    """What ``difflab sample`` asks of a text run: a prefix and a suffix to keep, a category."""
+    """What ``difflab sample`` asks of a text run: a prefix and a suffix to keep, a category, and how tokens are
+    drawn (a temperature and a top-p nucleus; 1 and 1 = the model's own distribution)."""
 
     prefix: str = ""
     suffix: str = ""
     category: str | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
 
 
 class TextRun(RunBase):
@@ -240,7 +243,8 @@ class TextRun(RunBase):
         unused = {k: v for k, v in options.items() if v is not None}
         if unused or guidance is not None:
             raise UserError(f"text runs take no {', '.join(['--guidance'] * (guidance is not None) + list(unused))}: "
-                            "drop it (they take --steps, --sampler, --prefix, --suffix, --category)")
+                            "drop it (they take --steps, --sampler, --prefix, --suffix, --category, --temperature, "
+                            "--top-p)")
         check_count(n)
         cond = cond or TextCondition()
         s = self.config.sample
@@ -254,7 +258,8 @@ class TextRun(RunBase):
             b = min(batch_size, n - start)
             fixed = self.fixed(cond, b)
             tokens = self.method.sample(self.model, b, self.label_ids(cond, b), sampler=sampler, steps=steps,
-                                        fixed=fixed, generator=generator, progress=progress)
+                                        fixed=fixed, generator=generator, progress=progress,
+                                        temperature=cond.temperature, top_p=cond.top_p)
             middles += [self.decode_middle(row, fixed) for row in tokens.cpu()]
         seconds = time.perf_counter() - start_time
         texts = [cond.prefix + m + cond.suffix for m in middles]
@@ -330,14 +335,17 @@ class TextRun(RunBase):
         """(nats, characters) of ``texts`` under this run (exact for autoregressive): each text's tokens scored in
         windows of ``text.length`` (a shorter last window is scored as it is)."""
         L = self.config.text.length
-        nats, chars = 0.0, 0
+        by_length: dict[int, list[list[int]]] = {}  # windows of each length, scored in batches
         for text in texts:
             ids = self.tokenizer.encode(text)
             for start in range(0, len(ids), L):
-                window = torch.tensor([ids[start:start + L]], dtype=torch.long)
-                if window.shape[1] == L or self.method.name == "autoregressive":
-                    nats += float(self.bound(window, seed)[0])
-                    chars += len(self.tokenizer.decode(ids[start:start + L]))
+                window = ids[start:start + L]
+                if len(window) == L or self.method.name == "autoregressive":
+                    by_length.setdefault(len(window), []).append(window)
+        nats, chars = 0.0, 0
+        for windows in by_length.values():
+            nats += float(self.bound(torch.tensor(windows, dtype=torch.long), seed).sum())
+            chars += sum(len(self.tokenizer.decode(w)) for w in windows)
         return nats, chars
 
     def metrics(self, samples: Samples, *, scorer: str | Path | None = None, progress: bool = True,
@@ -374,10 +382,17 @@ class TextRun(RunBase):
                                                              "the diffusion methods fill the middle)")
         parser.add_argument("--category", metavar="NAME", help="text runs trained with text.labels: the category "
                                                                "(a Bible book, a fortune file) to write in")
+        parser.add_argument("--temperature", type=float, metavar="T", help="text runs: draw tokens from the model's "
+                                                                           "distribution to the power 1/T (default 1; "
+                                                                           "mask-predict: 0 = the paper's argmax)")
+        parser.add_argument("--top-p", type=float, metavar="P", help="text runs: draw from the most likely tokens "
+                                                                     "whose probability reaches P (default 1: all)")
 
     def request(self, args: argparse.Namespace, n: int | None, default_n: int) -> SampleRequest:
+        temperature, top_p = getattr(args, "temperature", None), getattr(args, "top_p", None)
         cond = TextCondition(getattr(args, "prefix", None) or "", getattr(args, "suffix", None) or "",
-                             getattr(args, "category", None))
+                             getattr(args, "category", None), 1.0 if temperature is None else temperature,
+                             1.0 if top_p is None else top_p)
         return SampleRequest(n or default_n, cond)
 
 

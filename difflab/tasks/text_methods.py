@@ -47,6 +47,13 @@ def label_cond(labels: Tensor | None) -> dict[str, Tensor] | None:
     return None if labels is None else {"labels": labels}
 
 
+def untempered(what: str, temperature: float, top_p: float) -> None:
+    """One line unless ``temperature`` and ``top_p`` are 1: ``what`` does not draw tokens from a categorical."""
+    if temperature != 1 or top_p != 1:
+        raise UserError(f"{what} sampling draws no categorical tokens, so it takes no --temperature or --top-p: "
+                        "drop them")
+
+
 @dataclass(frozen=True)
 class TextMethod:
     """What every method provides; ``cfg`` is the run's config, ``V`` its tokenizer's vocabulary size."""
@@ -86,8 +93,10 @@ class TextMethod:
         raise NotImplementedError
 
     def sample(self, model: nn.Module, n: int, labels: Tensor | None, *, sampler: str, steps: int,
-               fixed: Fixed | None, generator: torch.Generator, progress: bool) -> Tensor:
-        """``n`` sequences (n, L) of ``text.length`` tokens."""
+               fixed: Fixed | None, generator: torch.Generator, progress: bool, temperature: float = 1.0,
+               top_p: float = 1.0) -> Tensor:
+        """``n`` sequences (n, L) of ``text.length`` tokens, each token drawn from the
+        :func:`~difflab.discrete.samplers.tempered` model (``temperature``, ``top_p``; 1, 1: the model's)."""
         raise NotImplementedError
 
     def check_sampler(self, sampler: str) -> None:
@@ -115,30 +124,35 @@ class Masked(TextMethod):
         return self.transformer(vocab_in=self.V + 1, vocab_out=self.V + 1, time_conditioning=self.time_conditioning)
 
     def nelbo(self, model, x0, labels, generator):
-        from difflab.discrete.masked import masked_nelbo
+        from difflab.discrete.masked import masked_count_nelbo, masked_nelbo
         from difflab.discrete.schedules import draw_times
 
+        if self.cfg.text.estimator == "count":
+            return masked_count_nelbo(network_call(model), x0, self.mask_id, cond=label_cond(labels),
+                                      generator=generator, antithetic=self.cfg.text.antithetic)
         t = draw_times(len(x0), generator) if self.cfg.text.antithetic else \
             torch.rand(len(x0), generator=generator, device=generator.device)
         return masked_nelbo(network_call(model), x0, self.schedule, self.mask_id, cond=label_cond(labels),
                             generator=generator, t=t.to(x0.device))
 
-    def sample(self, model, n, labels, *, sampler, steps, fixed, generator, progress):
+    def sample(self, model, n, labels, *, sampler, steps, fixed, generator, progress, temperature=1.0,
+               top_p=1.0):
         from difflab.discrete.mask_predict import mask_predict
         from difflab.discrete.samplers import sample_masked
 
         self.check_sampler(sampler)
         shape, call = (n, self.cfg.text.length), network_call(model)
-        if sampler == "mask-predict":
+        if sampler == "mask-predict":  # draws at the temperature (0: the paper's argmax, one text for all)
             return mask_predict(call, shape, steps, self.mask_id, cond=label_cond(labels), fixed=fixed,
-                                generator=generator)
+                                generator=generator, temperature=temperature, top_p=top_p)
         return sample_masked(call, shape, self.schedule, steps, self.mask_id, cond=label_cond(labels),
                              generator=generator, fixed=fixed, time_conditioned=self.time_conditioning,
-                             progress=progress)
+                             progress=progress, temperature=temperature, top_p=top_p)
 
 
 class MaskPredict(Masked):
-    """Trained by the conditional masked LM objective (not a bound); measured by the masked ELBO."""
+    """Trained by the conditional masked LM objective (which is, times L, the masked ELBO in its any-order form
+    with independent counts); measured by the masked ELBO; sampled by Mask-Predict."""
 
     name = "mask-predict"
     samplers = ("mask-predict", "ancestral")
@@ -164,13 +178,14 @@ class Uniform(Masked):
         return uniform_nelbo(network_call(model), x0, self.schedule, self.cfg.text.timesteps, self.V,
                              cond=label_cond(labels), generator=generator)
 
-    def sample(self, model, n, labels, *, sampler, steps, fixed, generator, progress):
+    def sample(self, model, n, labels, *, sampler, steps, fixed, generator, progress, temperature=1.0,
+               top_p=1.0):
         from difflab.discrete.samplers import sample_uniform
 
         self.check_sampler(sampler)
         return sample_uniform(network_call(model), (n, self.cfg.text.length), self.schedule, self.cfg.text.timesteps,
                               steps, self.V, cond=label_cond(labels), generator=generator, fixed=fixed,
-                              progress=progress)
+                              progress=progress, temperature=temperature, top_p=top_p)
 
 
 # -- the autoregressive baseline -------------------------------------------------------------------
@@ -196,7 +211,8 @@ class Autoregressive(TextMethod):
 
         return -ar_log_likelihood(model, x0, labels=labels, bos=self.bos)
 
-    def sample(self, model, n, labels, *, sampler, steps, fixed, generator, progress):
+    def sample(self, model, n, labels, *, sampler, steps, fixed, generator, progress, temperature=1.0,
+               top_p=1.0):
         from difflab.discrete.autoregressive import sample_autoregressive
 
         self.check_sampler(sampler)
@@ -209,7 +225,8 @@ class Autoregressive(TextMethod):
                                 "drop --suffix, or sample a diffusion run (masked, uniform, embedding, mask-predict)")
             prefix = tokens[:, :P] if P else None
         return sample_autoregressive(model, n, self.cfg.text.length, bos=self.bos, labels=labels,
-                                     generator=generator, prefix=prefix, progress=progress)
+                                     generator=generator, prefix=prefix, progress=progress, temperature=temperature,
+                                     top_p=top_p)
 
 
 # -- Gaussian diffusion on embeddings (Diffusion-LM) -------------------------------------------------
@@ -291,13 +308,15 @@ class Embedding(TextMethod):
 
         return denoise
 
-    def sample(self, model, n, labels, *, sampler, steps, fixed, generator, progress):
+    def sample(self, model, n, labels, *, sampler, steps, fixed, generator, progress, temperature=1.0,
+               top_p=1.0):
         """The core sampler ``sampler`` on (n, L, D) with the clamping trick (each x0_hat replaced by its nearest
         embedding, Li et al. 2022 Sec. 4.2; given positions by theirs), then rounded."""
         from difflab.samplers import sample
 
         if sampler not in self.samplers:
             self.check_sampler(sampler)
+        untempered(self.name, temperature, top_p)
         s, L = self.schedule, self.cfg.text.length
         x = sample(sampler, self.clamped(model, fixed), (n, L, self.cfg.text.embed_dim), s, steps=steps,
                    grid=self.cfg.sample.grid, cond=label_cond(labels), generator=generator, device=generator.device,
