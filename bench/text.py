@@ -177,6 +177,7 @@ def main() -> None:
         draws = [(steps, 1.0, 1.0) for steps in STEPS[method]]
         if method in ("masked", "autoregressive"):
             draws += [(STEPS[method][-1], *map(float, d.split(","))) for d in args.draws]
+        last = None  # the method's row at its most steps and temperature 1: the infilling numbers go there
         for steps, temperature, top_p in draws:
             t0 = time.perf_counter()
             samples: Samples = run.sample(args.n, cond=TextCondition(temperature=temperature, top_p=top_p),
@@ -185,11 +186,11 @@ def main() -> None:
                    "sample_seconds": time.perf_counter() - t0,
                    **judged(judge, [str(t) for t in samples.data]), "example": str(samples.data[0])}
             rows.append(row)
+            last = row if (temperature, top_p) == (1.0, 1.0) else last
             print(f"  {row['steps']:4d} steps, temperature {temperature:g}, top-p {top_p:g}: judge "
                   f"{row['gen_bits_per_char']:.3f} bits/char, entropy {row['unigram_entropy']:.2f}, distinct-2 "
                   f"{row['distinct_2']:.2f}", flush=True)
-        if run.method.infills:  # on the method's last row at temperature 1
-            last = rows[len(rows) - len(draws) + len(STEPS[method]) - 1]
+        if run.method.infills:
             last |= infilling(run, judge, real[args.n:], TIMED_STEPS)
             print(f"  infilling: exact {last['infill_exact']:.2f}, judge {last['infill_bits_per_char']:.3f} "
                   f"bits/char (real {last['infill_real_bits_per_char']:.3f})", flush=True)

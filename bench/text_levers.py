@@ -63,19 +63,19 @@ def chosen_draw(rows: list[dict]) -> dict:
 def sampling_lever(folder: Path, judge_folder: Path, n: int, steps: int, seed: int = 0) -> list[dict]:
     """The judge's bits/char, unigram entropy and distinct-n of ``n`` samples at each of DRAWS, and of held-out
     validation windows: how far a lower temperature or a nucleus lowers the score, and what it costs in entropy."""
-    from difflab.evaluate.text import diversity
-    from difflab.tasks.text import TextCondition, judged
+    from difflab.tasks.text import TextCondition
+    from text import judged  # bench/text.py's: the judge's score with the diversity measures
 
     run, judge = load_run(folder), load_run(judge_folder)
     tokens, _ = run.held_out("validation").windows(run.config.text.length)
     pick = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(seed))[:n]
     real = [run.tokenizer.decode(tokens[i].tolist()) for i in pick]
-    rows = [{"draw": "validation text", **judged(judge, real), **diversity(real)}]
+    rows = [{"draw": "validation text", **judged(judge, real)}]
     for temperature, top_p in DRAWS:
         texts = [str(t) for t in run.sample(n, cond=TextCondition(temperature=temperature, top_p=top_p),
                                             steps=steps, seed=seed, progress=False).data]
         rows.append({"draw": f"temperature {temperature:g} top-p {top_p:g}", "temperature": temperature,
-                     "top_p": top_p, "steps": steps, **judged(judge, texts), **diversity(texts),
+                     "top_p": top_p, "steps": steps, **judged(judge, texts),
                      "example": texts[0]})
     for r in rows:
         print(f"{r['draw']:32s} judge {r['gen_bits_per_char']:.3f} bits/char  entropy {r['unigram_entropy']:.3f}  "

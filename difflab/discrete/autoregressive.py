@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from difflab.discrete.samplers import tempered
+from difflab.discrete.samplers import check_draw, tempered
 from difflab.models.text_transformer import KVCache, TextTransformer
 from difflab.samplers.common import steps_bar
 
@@ -130,7 +130,7 @@ def sample_autoregressive(model: TextTransformer, n: int, length: int, *, bos: i
         (B, length) int64 tokens.
     """
     _check_causal(model)
-    tempered(torch.zeros(1), temperature, top_p)  # the checks, before any work
+    check_draw(temperature, top_p)
     if length > model.max_length:
         raise ValueError(f"length {length} exceeds the model's max_length {model.max_length}")
     device = next(model.parameters()).device

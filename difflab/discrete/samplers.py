@@ -55,6 +55,14 @@ def categorical(log_p: Tensor, generator: torch.Generator | None = None, dtype: 
     return (log_p + gumbel).argmax(-1)
 
 
+def check_draw(temperature: float, top_p: float) -> None:
+    """One line unless ``temperature`` > 0 and ``top_p`` in (0, 1] (the arguments of :func:`tempered`)."""
+    if not temperature > 0:
+        raise UserError(f"sampling temperature = {temperature} must be > 0: use 1 for the model's distribution")
+    if not 0 < top_p <= 1:
+        raise UserError(f"top_p = {top_p} must be in (0, 1]: use 1 for no nucleus cut")
+
+
 def tempered(log_p: Tensor, temperature: float = 1.0, top_p: float = 1.0) -> Tensor:
     """log_p (..., V') reshaped for drawing: divided by ``temperature``, then cut to its nucleus (Holtzman et
     al. 2020, "The Curious Case of Neural Text Degeneration", Sec. 3.1): the fewest most likely tokens whose
@@ -62,10 +70,7 @@ def tempered(log_p: Tensor, temperature: float = 1.0, top_p: float = 1.0) -> Ten
 
     Both trade diversity for likelihood under a judge: report the samples' entropy beside their score.
     """
-    if not temperature > 0:
-        raise UserError(f"sampling temperature = {temperature} must be > 0: use 1 for the model's distribution")
-    if not 0 < top_p <= 1:
-        raise UserError(f"top_p = {top_p} must be in (0, 1]: use 1 for no nucleus cut")
+    check_draw(temperature, top_p)
     if temperature != 1:
         log_p = log_p / temperature
     if top_p < 1:
@@ -148,7 +153,7 @@ def sample_masked(model: TokenModel, shape: tuple[int, int], schedule: TokenSche
     Returns:
         (B, L) int64 tokens in 0 .. V-1.
     """
-    tempered(torch.zeros(1), temperature, top_p)  # the checks, before any work
+    check_draw(temperature, top_p)
     if steps < 1:
         raise UserError(f"masked sampling needs steps >= 1, got {steps}: pass a positive number of steps")
     device = resolve_device(device, generator)
@@ -214,7 +219,7 @@ def sample_uniform(model: TokenModel, shape: tuple[int, int], schedule: TokenSch
     Returns:
         (B, L) int64 tokens in 0 .. V-1.
     """
-    tempered(torch.zeros(1), temperature, top_p)  # the checks, before any work
+    check_draw(temperature, top_p)
     grid = uniform_grid(T, steps)
     device = resolve_device(device, generator)
     fixed = check_fixed(fixed, shape, V, device)
