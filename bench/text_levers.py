@@ -4,6 +4,7 @@ held out by text.validation_fraction; never the test split the benchmark reports
     python bench/text_levers.py --corpus bible --minutes 5 --parallel 2
     python bench/text_levers.py --score-only
     python bench/text_levers.py --sampling "masked count" --judge RUN     # temperature / top-p of the samples
+    python bench/text_levers.py --sampling masked --remask --judge RUN     # mask-predict's re-masking noise
 
 Each trial is a shipped config (configs/text_<method>.yaml) with overrides, trained for --minutes, --parallel at a
 time on an equal share of the cores; scored by validation bits/char (the ELBO of the diffusion methods, the exact
@@ -39,6 +40,11 @@ TRIALS = {  # name -> (method, overrides of its shipped config)
     "masked batch 64": ("masked", ["train.batch_size=64"]),
     "masked time-conditioned": ("masked", ["text.time_conditioning=true"]),
     "masked count": ("masked", ["text.estimator=count"]),
+    "masked lr 6e-3": ("masked", ["train.lr=6e-3"]),
+    "masked lr 1e-2": ("masked", ["train.lr=1e-2"]),
+    "masked beta2 0.95": ("masked", ["train.adam_beta2=0.95"]),
+    "masked warmup 50": ("masked", ["train.warmup_steps=50"]),
+    "masked no clipping": ("masked", ["train.grad_clip=0"]),
 }
 
 
@@ -47,6 +53,7 @@ def config_of(method: str) -> Path:
 
 
 DRAWS = [(1.0, 1.0), (0.9, 1.0), (0.8, 1.0), (0.7, 1.0), (1.0, 0.95), (1.0, 0.9), (0.9, 0.95)]  # (temperature, top_p)
+REMASK_NOISES = [0.0, 1.0, 2.0, 4.5, 8.0]  # --remask: tau of the mask-predict sampler (MaskGIT's 4.5 among them)
 # the rule that picks a draw, fixed before any was measured: the lowest judge bits/char among the draws whose samples
 # keep the validation text's diversity (unigram entropy within ENTROPY_SLACK bits, distinct-2 within DISTINCT_SLACK)
 ENTROPY_SLACK, DISTINCT_SLACK = 0.1, 0.05
@@ -60,9 +67,11 @@ def chosen_draw(rows: list[dict]) -> dict:
     return min(keep or rows[1:2], key=lambda r: r["gen_bits_per_char"])
 
 
-def sampling_lever(folder: Path, judge_folder: Path, n: int, steps: int, seed: int = 0) -> list[dict]:
-    """The judge's bits/char, unigram entropy and distinct-n of ``n`` samples at each of DRAWS, and of held-out
-    validation windows: how far a lower temperature or a nucleus lowers the score, and what it costs in entropy."""
+def sampling_lever(folder: Path, judge_folder: Path, n: int, steps: int, seed: int = 0,
+                   remask: bool = False) -> list[dict]:
+    """The judge's bits/char, unigram entropy and distinct-n of ``n`` samples at each of DRAWS (``remask``: of the
+    mask-predict sampler at each of REMASK_NOISES), and of held-out validation windows: how far a lower temperature
+    or a nucleus lowers the score, and what it costs in entropy."""
     from difflab.tasks.text import TextCondition
     from text import judged  # bench/text.py's: the judge's score with the diversity measures
 
@@ -71,11 +80,13 @@ def sampling_lever(folder: Path, judge_folder: Path, n: int, steps: int, seed: i
     pick = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(seed))[:n]
     real = [run.tokenizer.decode(tokens[i].tolist()) for i in pick]
     rows = [{"draw": "validation text", **judged(judge, real)}]
-    for temperature, top_p in DRAWS:
-        texts = [str(t) for t in run.sample(n, cond=TextCondition(temperature=temperature, top_p=top_p),
-                                            steps=steps, seed=seed, progress=False).data]
-        rows.append({"draw": f"temperature {temperature:g} top-p {top_p:g}", "temperature": temperature,
-                     "top_p": top_p, "steps": steps, **judged(judge, texts),
+    draws = ([(f"mask-predict remask noise {tau:g}", {"remask_noise": tau}, "mask-predict") for tau in REMASK_NOISES]
+             if remask else [(f"temperature {temperature:g} top-p {top_p:g}",
+                              {"temperature": temperature, "top_p": top_p}, None) for temperature, top_p in DRAWS])
+    for name, settings, sampler in draws:
+        texts = [str(t) for t in run.sample(n, cond=TextCondition(**settings), sampler=sampler, steps=steps,
+                                            seed=seed, progress=False).data]
+        rows.append({"draw": name, **settings, "sampler": sampler, "steps": steps, **judged(judge, texts),
                      "example": texts[0]})
     for r in rows:
         print(f"{r['draw']:32s} judge {r['gen_bits_per_char']:.3f} bits/char  entropy {r['unigram_entropy']:.3f}  "
@@ -97,9 +108,11 @@ def main() -> None:
     p.add_argument("--sampling", metavar="TRIAL", help="only the sampling lever (DRAWS) of this trained trial")
     p.add_argument("--judge", type=Path, help="--sampling: the autoregressive run that judges the samples")
     p.add_argument("--steps", type=int, default=128, help="--sampling: sampling steps")
+    p.add_argument("--remask", action="store_true", help="--sampling: the mask-predict sampler's REMASK_NOISES")
     args = p.parse_args()
     if args.sampling:
-        rows = sampling_lever(args.folder / args.sampling.replace(" ", "-"), args.judge, args.n, args.steps)
+        rows = sampling_lever(args.folder / args.sampling.replace(" ", "-"), args.judge, args.n, args.steps,
+                              remask=args.remask)
         date = datetime.date.today().isoformat()
         out = ROOT / "bench" / "results" / f"{args.name}-{date}.json"
         out.write_text(json.dumps({"date": date, "machine": f"{platform.node()} {platform.machine()} "

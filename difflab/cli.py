@@ -397,6 +397,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                                                  "(default: the dataset's own, trained once and cached)")
     p.add_argument("--scorer", metavar="RUN", help="text runs: the autoregressive run of the same corpus that scores "
                                                    "the samples (generative perplexity)")
+    p.add_argument("--temperature", type=float, metavar="T", help="text runs: sample at this temperature (default 1)")
+    p.add_argument("--top-p", type=float, metavar="P", help="text runs: sample from this nucleus (default 1: all)")
+    p.add_argument("--remask-noise", type=float, metavar="TAU",
+                   help="text runs, --sampler mask-predict: MaskGIT's noise on the re-masking")
     p.add_argument("--nll-n", type=_positive(int), default=500,
                    help="test images (text: held-out windows) for the bound (default 500)")
     p.add_argument("--nll-strata", type=_non_negative_int, default=50,
@@ -411,9 +415,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from difflab.tasks import run_class
     from difflab.tasks.base import a_run
 
-    if args.scorer and (cfg := run_class(args.run)[0]).task != "text":
-        raise UserError(f"{args.run} is {a_run(cfg.task)}, so --scorer cannot be used: it judges the samples of "
-                        "text runs")
+    text_only = {"--scorer": args.scorer, "--temperature": args.temperature, "--top-p": args.top_p,
+                 "--remask-noise": args.remask_noise}
+    given = [flag for flag, value in text_only.items() if value is not None]
+    if given and (cfg := run_class(args.run)[0]).task != "text":
+        raise UserError(f"{args.run} is {a_run(cfg.task)}, so {' and '.join(given)} cannot be used: "
+                        f"{'they are' if len(given) > 1 else 'it is'} for the samples of text runs")
     if args.nll or args.nll_only:
         b = evaluate_run_nll(args.run, n=args.nll_n, strata=args.nll_strata or None, variance=args.variance,
                              seed=args.seed, device=_device(args.device), progress=not args.no_progress)
@@ -432,7 +439,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
                      sampler=args.sampler, steps=args.steps, weights=args.features, device=_device(args.device),
                      batch_size=args.batch_size, progress=not args.no_progress, grid=args.grid, eta=args.eta,
                      variance=args.variance, guidance=args.guidance, dynamic_threshold=args.dynamic_threshold,
-                     clip_run=args.clip, scorer=args.scorer)
+                     clip_run=args.clip, scorer=args.scorer, temperature=args.temperature, top_p=args.top_p,
+                     remask_noise=args.remask_noise)
     real = f" ({m['real_n']} real images; FID vs {m['fid_real_n']})" if "real_n" in m else ""
     made = ([str(m["sampler"])] if "sampler" in m else []) + ([f"{m['steps']} steps"] if "steps" in m else [])
     made += [f"seed {m['seed']}", f"checkpoint step {m['checkpoint_step']}"]  # what made the outputs

@@ -110,6 +110,7 @@ class TrainConfig:
     batch_size: int = checked(128, at_least(1))  # per process, per accumulation step
     lr: float = checked(1e-3, POSITIVE)
     weight_decay: float = checked(0.0, NON_NEGATIVE)
+    adam_beta2: float = checked(0.999, OPEN_UNIT)  # AdamW's second-moment decay (Kingma & Ba's beta_2)
     warmup_steps: int = checked(100, NON_NEGATIVE)
     lr_decay: str = "none"  # none | cosine (to 10% at max_steps or max_minutes, whichever ends first)
     grad_clip: float = checked(1.0, NON_NEGATIVE)  # max gradient norm; 0 = no clipping

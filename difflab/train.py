@@ -57,6 +57,7 @@ LOGS_DIR = "logs"  # RUN/logs: the trackers' folder
 TRACKER_RUN = "train"  # ... and the tracker's run in it: RUN/logs/train
 PREVIEW_TAG = "samples"  # the TensorBoard image of task.preview(ema) at each checkpoint
 COSINE_FLOOR = 0.1  # cosine decay ends at this fraction of the peak learning rate
+ADAM_BETA1 = 0.9  # AdamW's first-moment decay (Kingma & Ba 2015, Algorithm 1's default); beta_2 is train.adam_beta2
 EMA_WARMUP = 10  # EMA decay ramps as (1 + step) / (EMA_WARMUP + step), as in many EMA codes
 SEED_STRIDE = 1_000_003  # separates the per-step generator seeds of runs with different seeds
 
@@ -133,7 +134,8 @@ class _Trainer:
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(model).float().requires_grad_(False).to(self.acc.device)
-        opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(ADAM_BETA1, t.adam_beta2),
+                                weight_decay=t.weight_decay)
         self.t0, self.elapsed_before, self.budget_used = time.perf_counter(), 0.0, 0.0
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t, self.budget_used))
         self.model, self.opt, self.sched = self.acc.prepare(model, opt, sched)
@@ -172,14 +174,16 @@ class _Trainer:
             print(f"resuming {self.out} from step {self.step}")
 
     def _apply_new_optimizer_settings(self) -> None:
-        """After loading a checkpoint: a ``train.lr`` or ``train.weight_decay`` given on resume replaces the saved
-        one (the optimizer state would otherwise restore it); unchanged settings leave the state exactly as saved."""
+        """After loading a checkpoint: a ``train.lr``, ``train.weight_decay`` or ``train.adam_beta2`` given on resume
+        replaces the saved one (the optimizer state would otherwise restore it); unchanged settings leave the state
+        exactly as saved."""
         t, sched = self.cfg.train, self.sched.scheduler
         for i, group in enumerate(self.opt.optimizer.param_groups):
             if sched.base_lrs[i] != t.lr:
                 sched.base_lrs[i] = group["initial_lr"] = t.lr
                 group["lr"] = t.lr * sched.lr_lambdas[i](sched.last_epoch)
             group["weight_decay"] = t.weight_decay
+            group["betas"] = (group["betas"][0], t.adam_beta2)
 
     def save(self, finished: bool = False) -> None:
         self.acc.wait_for_everyone()

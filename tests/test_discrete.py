@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from difflab.discrete import (SampleStats, cmlm_loss, draw_counts, draw_times, mask_forward, mask_predict,
-                              masked_count_nelbo, masked_marginal, masked_nelbo, remask_count, sample_masked,
-                              sample_uniform, subs_log_probs, tempered, token_schedule, uniform_forward,
+                              masked_count_nelbo, masked_marginal, masked_nelbo, remask_count, remask_scores,
+                              sample_masked, sample_uniform, subs_log_probs, tempered, token_schedule, uniform_forward,
                               uniform_jump_posterior, uniform_marginal, uniform_nelbo, uniform_posterior)
 from difflab.discrete.masked import token_nll
 from difflab.discrete.samplers import uniform_grid
@@ -459,6 +459,40 @@ def test_remask_count():
     assert [remask_count(8, k, 3) for k in range(1, 4)] == [5, 2, 0]
     with pytest.raises(UserError, match="iteration"):
         remask_count(10, 0, 4)
+
+
+def test_remask_scores_are_log_confidence_plus_gumbel_noise():
+    """tau = 0: the log confidence itself; tau > 0: log p + tau g with g ~ Gumbel(0, 1) (mean Euler's gamma,
+    variance pi^2 / 6); +inf (a fixed token) stays +inf."""
+    confidence = torch.tensor([[0.5, 0.25, float("inf")]], dtype=torch.float64).expand(20_000, 3)
+    assert torch.equal(remask_scores(confidence, 0.0), confidence.log())
+    tau = 2.0
+    g = (remask_scores(confidence, tau, torch.Generator().manual_seed(0)) - confidence.log())[:, :2] / tau
+    assert abs(g.mean().item() - 0.5772) < 0.02 and abs(g.var().item() - math.pi ** 2 / 6) < 0.05
+    assert torch.isinf(remask_scores(confidence, tau, torch.Generator().manual_seed(1))[:, 2]).all()
+
+
+def test_mask_predict_remask_noise_is_random_early_and_by_confidence_late():
+    """With MaskGIT's noise the re-masked count per iteration is unchanged, the first re-masking (noise tau)
+    picks positions nearly at random though confidence rises with the position, and the last (noise tau / K) by
+    confidence once tau / K is small against the log-confidence gaps."""
+    B, L_long, K = 400, 8, 4
+    seen = []
+
+    def model(tokens, t, cond):  # token 0's logit is 3 * the position: confidence rises with it, by far
+        seen.append(tokens.clone())
+        logits = torch.zeros(*tokens.shape, V + 1)
+        logits[..., 0] = 3.0 * torch.arange(L_long, dtype=torch.float32)
+        return logits
+
+    mask_predict(model, (B, L_long), K, MASK, temperature=0.0, remask_noise=40.0,
+                 generator=torch.Generator().manual_seed(0))
+    counts = [(tokens == MASK).sum(-1).tolist() for tokens in seen]
+    assert counts == [[L_long] * B] + [[remask_count(L_long, k, K)] * B for k in range(1, K)]
+    first = (seen[1] == MASK).float().mean(0)  # (L,) how often each position was re-masked first
+    assert first.min() > 0.5 * first.mean()  # the most confident positions too (by confidence alone: never)
+    with pytest.raises(UserError, match="remask noise"):
+        mask_predict(model, (1, L_long), K, MASK, remask_noise=-1.0)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])

@@ -108,6 +108,24 @@ def test_mask_predict_draws_different_texts_and_its_argmax_one_text(runs):
     assert len(set(loaded.sample(3, seed=1, progress=False).data)) == 3
 
 
+def test_remask_noise_reaches_mask_predict_and_only_mask_predict(runs, capsys):
+    """--remask-noise changes the mask-predict texts (MaskGIT's noise re-orders the re-masking) and is one line
+    with another sampler."""
+    loaded = load_run(runs["mask-predict"])
+    plain, noisy = (list(loaded.sample(3, cond=TextCondition(temperature=0.0, remask_noise=tau), seed=1,
+                                       progress=False).data) for tau in (0.0, 8.0))
+    assert len(set(plain)) == 1 and plain != noisy
+    assert main(["sample", str(runs["masked"]), "--n", "1", "--remask-noise", "2"]) == 2
+    assert "--remask-noise is the mask-predict sampler's" in capsys.readouterr().err
+
+
+def test_difflab_eval_samples_at_the_temperature_it_is_given(runs, capsys):
+    run = runs["autoregressive"]
+    assert main(["eval", str(run), "--n", "10", "--temperature", "0.5", "--top-p", "0.9", "--no-progress"]) == 0
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["temperature"] == 0.5 and saved["top_p"] == 0.9
+
+
 def test_embedding_sampling_refuses_a_temperature(runs, capsys):
     assert main(["sample", str(runs["embedding"]), "--n", "1", "--temperature", "0.7"]) == 2
     assert "takes no --temperature or --top-p" in capsys.readouterr().err
@@ -244,3 +262,6 @@ def test_a_scorer_for_a_run_that_is_not_text_is_one_line(runs, tmp_path, capsys)
     (folder / "config.yaml").write_text(dump_config(Config()))
     assert main(["eval", str(folder), "--scorer", str(runs["autoregressive"])]) == 2
     assert "so --scorer cannot be used" in capsys.readouterr().err
+    assert main(["eval", str(folder), "--temperature", "0.8", "--top-p", "0.9"]) == 2
+    assert "so --temperature and --top-p cannot be used: they are for the samples of text runs" in \
+        capsys.readouterr().err

@@ -8,7 +8,7 @@ logits (B, L, V_out)).
 """
 
 from difflab.discrete.forward import TokenModel, mask_forward, masked_marginal, uniform_forward, uniform_marginal
-from difflab.discrete.mask_predict import mask_predict, remask_count
+from difflab.discrete.mask_predict import mask_predict, remask_count, remask_scores
 from difflab.discrete.masked import cmlm_loss, draw_counts, masked_count_nelbo, masked_nelbo, subs_log_probs
 from difflab.discrete.samplers import SampleStats, sample_masked, sample_uniform, tempered
 from difflab.discrete.schedules import TOKEN_SCHEDULES, TokenSchedule, draw_times, token_schedule
@@ -16,5 +16,5 @@ from difflab.discrete.uniform import uniform_jump_posterior, uniform_nelbo, unif
 
 __all__ = ["TOKEN_SCHEDULES", "SampleStats", "TokenModel", "TokenSchedule", "cmlm_loss", "draw_counts", "draw_times",
            "mask_forward", "mask_predict", "masked_marginal", "masked_count_nelbo", "masked_nelbo", "remask_count",
-           "sample_masked", "sample_uniform", "subs_log_probs", "tempered", "token_schedule", "uniform_forward",
+           "remask_scores",            "sample_masked", "sample_uniform", "subs_log_probs", "tempered", "token_schedule", "uniform_forward",
            "uniform_jump_posterior", "uniform_marginal", "uniform_nelbo", "uniform_posterior"]

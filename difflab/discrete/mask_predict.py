@@ -7,6 +7,13 @@ Iteration 1 predicts every position; after iteration k < K the n = floor(L (K - 
 are masked again and re-predicted (the paper's linear decay, Sec. 3.2: with K = 10, 90% after the first, then 80%,
 ...). Trained by :func:`difflab.discrete.masked.cmlm_loss`; the network contract is the family's
 ``model(tokens, t, cond) -> logits`` (B, L, V + 1).
+
+Re-masking by confidence alone is greedy: on characters the most confident tokens are spaces and frequent
+letters, kept from the first iteration on, and unconditional samples collapse into one repeated character.
+``remask_noise`` tau adds MaskGIT's noise to the ranking (Chang et al. 2022, "MaskGIT: Masked Generative Image
+Transformer", Sec. 3.2, and its released sampler's "choice temperature"): a token's score is
+log p + tau (K - k) / K * g, g ~ Gumbel(0, 1), annealed linearly to 0, so the early iterations re-mask nearly at
+random (as the ancestral sampler unmasks) and the last ones by confidence. tau = 0 is the paper's ranking.
 """
 
 from __future__ import annotations
@@ -39,16 +46,35 @@ def remask_count(L: int, k: int, K: int) -> int:
     return L * (K - k) // K
 
 
-def _remask(confidence: Tensor, n: Tensor) -> Tensor:
-    """(B, L) bool: the n (B,) least confident positions of each row (ties: the first position)."""
-    ranks = confidence.argsort(dim=-1, stable=True).argsort(-1)  # (B, L): 0 = least confident
+def _remask(score: Tensor, n: Tensor) -> Tensor:
+    """(B, L) bool: the n (B,) lowest-scoring positions of each row (ties: the first position)."""
+    ranks = score.argsort(dim=-1, stable=True).argsort(-1)  # (B, L): 0 = the lowest score
     return ranks < n.unsqueeze(-1)
+
+
+def remask_scores(confidence: Tensor, noise: float, generator: torch.Generator | None = None) -> Tensor:
+    """MaskGIT's ranking score log p + noise * g, g ~ Gumbel(0, 1) (Chang et al. 2022, Sec. 3.2).
+
+    Args:
+        confidence: (B, L) probabilities of the current tokens (+inf: never re-masked).
+        noise: the Gumbel scale, >= 0 (0: the confidence's own order).
+        generator: the random source of g.
+
+    Returns:
+        (B, L) float64 scores; the lowest are re-masked.
+    """
+    score = confidence.log()  # (B, L); +inf stays +inf
+    if noise == 0:
+        return score
+    u = torch.rand(confidence.shape, generator=generator, device=confidence.device, dtype=torch.float64)
+    gumbel = -(-u.clamp_min(torch.finfo(torch.float64).tiny).log()).log()  # (B, L) ~ Gumbel(0, 1)
+    return score + noise * gumbel
 
 
 def mask_predict(model: TokenModel, shape: tuple[int, int], iterations: int, mask_id: int, *,
                  cond: dict[str, Any] | None = None, fixed: Fixed | None = None,
                  generator: torch.Generator | None = None, temperature: float = 0.0, top_p: float = 1.0,
-                 t_of: Callable[[Tensor], Tensor] | None = None,
+                 remask_noise: float = 0.0, t_of: Callable[[Tensor], Tensor] | None = None,
                  device: torch.device | str | None = None) -> Tensor:
     """Mask-Predict: K rounds of predicting the masked tokens and re-masking the least confident ones.
 
@@ -69,6 +95,8 @@ def mask_predict(model: TokenModel, shape: tuple[int, int], iterations: int, mas
             text); > 0 draws from the :func:`~difflab.discrete.samplers.tempered` p (with ``top_p``), and the
             confidence is the drawn token's untempered probability.
         top_p: the nucleus of the draws (with ``temperature`` > 0).
+        remask_noise: tau of MaskGIT's Gumbel noise on the ranking, annealed as tau (K - k) / K after iteration k
+            (0: rank by confidence alone, the paper's).
         t_of: maps the fraction of the sequence masked (B,) to the network's time t (B,); the identity when
             None (a network trained by :func:`~difflab.discrete.masked.cmlm_loss`, or one that ignores t).
         device: where the samples live.
@@ -80,6 +108,8 @@ def mask_predict(model: TokenModel, shape: tuple[int, int], iterations: int, mas
         raise UserError(f"Mask-Predict needs iterations >= 1, got {iterations}: pass a positive number")
     if temperature < 0:
         raise UserError(f"Mask-Predict temperature = {temperature} is negative: use 0 (argmax) or a positive value")
+    if remask_noise < 0:
+        raise UserError(f"Mask-Predict remask noise = {remask_noise} is negative: use 0 (rank by confidence) or more")
     B, L = shape
     device = resolve_device(device, generator)
     fixed = check_fixed(fixed, shape, mask_id, device)
@@ -91,7 +121,8 @@ def mask_predict(model: TokenModel, shape: tuple[int, int], iterations: int, mas
     for k in range(1, iterations + 1):
         if k > 1:
             n = torch.tensor([remask_count(m, k - 1, iterations) for m in n_free], device=device)  # (B,)
-            x = torch.where(_remask(confidence, n), mask_id, x)
+            score = remask_scores(confidence, remask_noise * (iterations - k + 1) / iterations, generator)
+            x = torch.where(_remask(score, n), mask_id, x)
         masked = x == mask_id  # (B, L)
         fraction = masked.sum(-1).to(torch.get_default_dtype()) / L  # (B,)
         t = fraction if t_of is None else t_of(fraction)

@@ -149,13 +149,15 @@ def default_sampler(cfg: Config) -> SampleConfig:
 @dataclass(frozen=True)
 class TextCondition:
     """What ``difflab sample`` asks of a text run: a prefix and a suffix to keep, a category, and how tokens are
-    drawn (a temperature and a top-p nucleus; 1 and 1 = the model's own distribution)."""
+    drawn (a temperature and a top-p nucleus; 1 and 1 = the model's own distribution), and, for the mask-predict
+    sampler only, MaskGIT's noise on its re-masking (None: the method's measured default)."""
 
     prefix: str = ""
     suffix: str = ""
     category: str | None = None
     temperature: float = 1.0
     top_p: float = 1.0
+    remask_noise: float | None = None
 
 
 class TextRun(RunBase):
@@ -244,7 +246,7 @@ class TextRun(RunBase):
         if unused or guidance is not None:
             raise UserError(f"text runs take no {', '.join(['--guidance'] * (guidance is not None) + list(unused))}: "
                             "drop it (they take --steps, --sampler, --prefix, --suffix, --category, --temperature, "
-                            "--top-p)")
+                            "--top-p, --remask-noise)")
         check_count(n)
         cond = cond or TextCondition()
         s = self.config.sample
@@ -252,6 +254,12 @@ class TextRun(RunBase):
         if sampler not in self.method.samplers:
             self.method.check_sampler(sampler)
         batch_size = batch_size or s.batch_size
+        extra = {}
+        if cond.remask_noise is not None:
+            if sampler != "mask-predict":
+                raise UserError(f"--remask-noise is the mask-predict sampler's, not {sampler}'s: drop it, or pass "
+                                "--sampler mask-predict")
+            extra["remask_noise"] = cond.remask_noise
         generator = torch.Generator(device=self.device).manual_seed(seed)
         middles, start_time = [], time.perf_counter()
         for start in range(0, n, batch_size):
@@ -259,7 +267,7 @@ class TextRun(RunBase):
             fixed = self.fixed(cond, b)
             tokens = self.method.sample(self.model, b, self.label_ids(cond, b), sampler=sampler, steps=steps,
                                         fixed=fixed, generator=generator, progress=progress,
-                                        temperature=cond.temperature, top_p=cond.top_p)
+                                        temperature=cond.temperature, top_p=cond.top_p, **extra)
             middles += [self.decode_middle(row, fixed) for row in tokens.cpu()]
         seconds = time.perf_counter() - start_time
         texts = [cond.prefix + m + cond.suffix for m in middles]
@@ -365,10 +373,12 @@ class TextRun(RunBase):
                  batch_size: int | None = None, progress: bool = True, scorer: str | Path | None = None,
                  **options: Any) -> dict[str, Any]:
         options = {k: v for k, v in options.items() if k not in ("data", "data_path", "features", "clip_run")}
-        samples = self.sample(n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, progress=progress,
-                              **options)
+        draw = {k: v for k in ("temperature", "top_p", "remask_noise") if (v := options.pop(k, None)) is not None}
+        samples = self.sample(n, cond=TextCondition(**draw), sampler=sampler, steps=steps, seed=seed,
+                              batch_size=batch_size, progress=progress, **options)
         metrics = self.metrics(samples, scorer=scorer, progress=progress)
-        return {"data": metrics.pop("data"), "outputs": "samples", **self.made_with(sampler, steps), **metrics}
+        return {"data": metrics.pop("data"), "outputs": "samples", **self.made_with(sampler, steps), **draw,
+                **metrics}
 
     # -- report and flags ------------------------------------------------------------------------
     def report_sections(self) -> Sequence[Section]:
@@ -387,12 +397,15 @@ class TextRun(RunBase):
                                                                            "mask-predict: 0 = the paper's argmax)")
         parser.add_argument("--top-p", type=float, metavar="P", help="text runs: draw from the most likely tokens "
                                                                      "whose probability reaches P (default 1: all)")
+        parser.add_argument("--remask-noise", type=float, metavar="TAU", help="text runs, --sampler mask-predict: "
+                            "MaskGIT's Gumbel noise on the confidence ranking, annealed to 0 (0 = the paper's "
+                            "ranking by confidence alone, which collapses into repetition)")
 
     def request(self, args: argparse.Namespace, n: int | None, default_n: int) -> SampleRequest:
         temperature, top_p = getattr(args, "temperature", None), getattr(args, "top_p", None)
         cond = TextCondition(getattr(args, "prefix", None) or "", getattr(args, "suffix", None) or "",
                              getattr(args, "category", None), 1.0 if temperature is None else temperature,
-                             1.0 if top_p is None else top_p)
+                             1.0 if top_p is None else top_p, getattr(args, "remask_noise", None))
         return SampleRequest(n or default_n, cond)
 
 

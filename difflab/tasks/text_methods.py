@@ -31,6 +31,7 @@ from difflab.config import DDPM_TIMESTEPS, Config
 from difflab.errors import UserError
 
 Fixed = tuple[Tensor, Tensor]  # (given (B, L) bool, tokens (B, L) int64)
+REMASK_NOISE = 0.0  # mask-predict: tau of MaskGIT's noise on the re-masking (to be chosen on validation documents)
 BOUND_STRATA = 50  # embedding: stratified draws of the Gaussian bound's sum over t per sequence
 # the time features of every method see t in [0, DDPM_TIMESTEPS): the discrete family's t in [0, 1] is scaled by this,
 # the Gaussian core's t in [0, T - 1] by DDPM_TIMESTEPS / T
@@ -136,7 +137,7 @@ class Masked(TextMethod):
                             generator=generator, t=t.to(x0.device))
 
     def sample(self, model, n, labels, *, sampler, steps, fixed, generator, progress, temperature=1.0,
-               top_p=1.0):
+               top_p=1.0, remask_noise=REMASK_NOISE):
         from difflab.discrete.mask_predict import mask_predict
         from difflab.discrete.samplers import sample_masked
 
@@ -144,7 +145,8 @@ class Masked(TextMethod):
         shape, call = (n, self.cfg.text.length), network_call(model)
         if sampler == "mask-predict":  # draws at the temperature (0: the paper's argmax, one text for all)
             return mask_predict(call, shape, steps, self.mask_id, cond=label_cond(labels), fixed=fixed,
-                                generator=generator, temperature=temperature, top_p=top_p)
+                                generator=generator, temperature=temperature, top_p=top_p,
+                                remask_noise=remask_noise)
         return sample_masked(call, shape, self.schedule, steps, self.mask_id, cond=label_cond(labels),
                              generator=generator, fixed=fixed, time_conditioned=self.time_conditioning,
                              progress=progress, temperature=temperature, top_p=top_p)
