@@ -16,5 +16,5 @@ from difflab.discrete.uniform import uniform_jump_posterior, uniform_nelbo, unif
 
 __all__ = ["TOKEN_SCHEDULES", "SampleStats", "TokenModel", "TokenSchedule", "cmlm_loss", "draw_counts", "draw_times",
            "mask_forward", "mask_predict", "masked_marginal", "masked_count_nelbo", "masked_nelbo", "remask_count",
-           "remask_scores",            "sample_masked", "sample_uniform", "subs_log_probs", "tempered", "token_schedule", "uniform_forward",
-           "uniform_jump_posterior", "uniform_marginal", "uniform_nelbo", "uniform_posterior"]
+           "remask_scores", "sample_masked", "sample_uniform", "subs_log_probs", "tempered", "token_schedule",
+           "uniform_forward", "uniform_jump_posterior", "uniform_marginal", "uniform_nelbo", "uniform_posterior"]
