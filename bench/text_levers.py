@@ -45,6 +45,10 @@ TRIALS = {  # name -> (method, overrides of its shipped config)
     "masked beta2 0.95": ("masked", ["train.adam_beta2=0.95"]),
     "masked warmup 50": ("masked", ["train.warmup_steps=50"]),
     "masked no clipping": ("masked", ["train.grad_clip=0"]),
+    "masked count gamma 0.5": ("masked", ["text.count_gamma=0.5"]),
+    "masked count gamma 1": ("masked", ["text.count_gamma=1"]),
+    "masked width 192 depth 2 count": ("masked", ["text.width=192", "text.depth=2"]),
+    "autoregressive width 192 depth 2": ("autoregressive", ["text.width=192", "text.depth=2"]),
 }
 
 

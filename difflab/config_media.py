@@ -103,6 +103,9 @@ class TextConfig:
     # masked: how the bound is estimated: time = MDLM's t ~ U[0, 1] and Bernoulli masks; count = its any-order form
     # (RADD): exactly k ~ U{1..L} tokens masked, weight L / k; the same bound, lower variance
     estimator: str = checked("time", one_of("time", "count"))
+    # masked, estimator count: k drawn with probability proportional to k^-gamma and reweighted (importance
+    # sampling of the same bound); 0 = k ~ U{1..L}
+    count_gamma: float = checked(0.0, NON_NEGATIVE)
     embed_dim: int = checked(16, POSITIVE)  # embedding: the space the Gaussian diffusion runs in
     rounding_weight: float = checked(1.0, NON_NEGATIVE)  # embedding: weight of the rounding loss -log p(w | x0_hat)
     label_drop_prob: float = checked(0.1, UNIT_INTERVAL)  # labels: category dropped to the null while training

@@ -20,7 +20,7 @@ from difflab.discrete import (SampleStats, cmlm_loss, draw_counts, draw_times, m
                               masked_count_nelbo, masked_marginal, masked_nelbo, remask_count, remask_scores,
                               sample_masked, sample_uniform, subs_log_probs, tempered, token_schedule, uniform_forward,
                               uniform_jump_posterior, uniform_marginal, uniform_nelbo, uniform_posterior)
-from difflab.discrete.masked import token_nll
+from difflab.discrete.masked import count_proposal, token_nll
 from difflab.discrete.samplers import uniform_grid
 from difflab.discrete.uniform import uniform_alpha_bar, uniform_prior_kl, uniform_step_kl
 from difflab.errors import UserError
@@ -265,6 +265,10 @@ def test_draw_counts_cover_one_to_L_evenly():
         assert torch.equal(torch.bincount(k, minlength=8)[1:], torch.full((7,), 3))
     k = draw_counts(1000, 7, torch.Generator().manual_seed(0), antithetic=False)
     assert int(k.min()) == 1 and int(k.max()) == 7
+    q = count_proposal(7, 0.5)  # the importance proposal: a batch of B follows q(k) within one count per k
+    k = draw_counts(700, 7, torch.Generator().manual_seed(0), gamma=0.5)
+    assert (torch.bincount(k, minlength=8)[1:] - 700 * q).abs().max() <= 1
+    assert torch.allclose(q, torch.arange(1, 8, dtype=F64) ** -0.5 / (torch.arange(1, 8, dtype=F64) ** -0.5).sum())
 
 
 def test_masked_count_nelbo_equals_log_likelihood_with_lower_variance():
@@ -274,6 +278,7 @@ def test_masked_count_nelbo_equals_log_likelihood_with_lower_variance():
     x0 = SEQS.repeat(repeats, 1)  # (27 R, L)
     g = torch.Generator().manual_seed(3)
     for estimate in (masked_count_nelbo(ExactMasked(p), x0, MASK, generator=g),
+                     masked_count_nelbo(ExactMasked(p), x0, MASK, generator=g, gamma=0.5),  # importance-sampled k
                      L * cmlm_loss(ExactMasked(p), x0, MASK, generator=g)):  # Mask-Predict's loss is the same bound
         error = estimate + p.log()[index_of(x0)]
         assert abs(float(error.mean())) < Z * float(error.std()) / math.sqrt(len(error))

@@ -130,7 +130,8 @@ class Masked(TextMethod):
 
         if self.cfg.text.estimator == "count":
             return masked_count_nelbo(network_call(model), x0, self.mask_id, cond=label_cond(labels),
-                                      generator=generator, antithetic=self.cfg.text.antithetic)
+                                      generator=generator, antithetic=self.cfg.text.antithetic,
+                                      gamma=self.cfg.text.count_gamma)
         t = draw_times(len(x0), generator) if self.cfg.text.antithetic else \
             torch.rand(len(x0), generator=generator, device=generator.device)
         return masked_nelbo(network_call(model), x0, self.schedule, self.mask_id, cond=label_cond(labels),
