@@ -33,6 +33,7 @@ from runs import run_summary, train_in_parallel  # noqa: E402
 TRIALS = {  # name -> (method, overrides of its shipped config)
     "masked": ("masked", []),
     "autoregressive": ("autoregressive", []),
+    "mask-predict": ("mask-predict", []),
     "masked lr 3e-3": ("masked", ["train.lr=3e-3"]),
     "autoregressive lr 3e-3": ("autoregressive", ["train.lr=3e-3"]),
     "masked width 192 depth 2": ("masked", ["text.width=192", "text.depth=2"]),

@@ -104,7 +104,7 @@ class TextConfig:
     # (RADD): exactly k ~ U{1..L} tokens masked, weight L / k; the same bound, lower variance
     estimator: str = checked("time", one_of("time", "count"))
     # masked, estimator count: k drawn with probability proportional to k^-gamma and reweighted (importance
-    # sampling of the same bound); 0 = k ~ U{1..L}
+    # sampling of the same bound) in training; the measured bound always draws k ~ U{1..L}; 0 = k ~ U{1..L}
     count_gamma: float = checked(0.0, NON_NEGATIVE)
     embed_dim: int = checked(16, POSITIVE)  # embedding: the space the Gaussian diffusion runs in
     rounding_weight: float = checked(1.0, NON_NEGATIVE)  # embedding: weight of the rounding loss -log p(w | x0_hat)

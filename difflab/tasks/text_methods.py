@@ -124,14 +124,19 @@ class Masked(TextMethod):
     def build(self) -> nn.Module:
         return self.transformer(vocab_in=self.V + 1, vocab_out=self.V + 1, time_conditioning=self.time_conditioning)
 
-    def nelbo(self, model, x0, labels, generator):
+    def loss(self, model, x0, labels, generator):
+        """The bound, its counts drawn by text.count_gamma (importance sampling shapes training only)."""
+        return self.nelbo(model, x0, labels, generator, gamma=self.cfg.text.count_gamma).mean() / x0.shape[1]
+
+    def nelbo(self, model, x0, labels, generator, gamma: float = 0.0):
+        """The bound as measured: counts k ~ U{1..L} (gamma 0), whatever the training proposal, so that runs
+        trained with different text.count_gamma are scored by the same estimator."""
         from difflab.discrete.masked import masked_count_nelbo, masked_nelbo
         from difflab.discrete.schedules import draw_times
 
         if self.cfg.text.estimator == "count":
             return masked_count_nelbo(network_call(model), x0, self.mask_id, cond=label_cond(labels),
-                                      generator=generator, antithetic=self.cfg.text.antithetic,
-                                      gamma=self.cfg.text.count_gamma)
+                                      generator=generator, antithetic=self.cfg.text.antithetic, gamma=gamma)
         t = draw_times(len(x0), generator) if self.cfg.text.antithetic else \
             torch.rand(len(x0), generator=generator, device=generator.device)
         return masked_nelbo(network_call(model), x0, self.schedule, self.mask_id, cond=label_cond(labels),
@@ -174,6 +179,8 @@ class Uniform(Masked):
 
     def build(self) -> nn.Module:
         return self.transformer(vocab_in=self.V, vocab_out=self.V, time_conditioning=self.time_conditioning)
+
+    loss = TextMethod.loss  # its own bound, no count proposal
 
     def nelbo(self, model, x0, labels, generator):
         from difflab.discrete.uniform import uniform_nelbo
