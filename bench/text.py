@@ -16,6 +16,8 @@ documents (held out of every run's training and of every choice of settings, ben
 - infilling: --infills held-out windows with their first and last quarter given, the middle filled at 32 steps;
   the judge's bits/char of the filled middle given the prefix (beside the real middle's), and whether the prefix and
   suffix come back exactly.
+--variants NAME=METHOD:KEY=V,... trains and scores a method's config with overrides beside them (its bound and its
+samples at the method's most steps), e.g. the setting a lever replaced.
 Results bench/results/text-<corpus>-<date>.json, figure bench/figures/text-<corpus>.png (or --name NAME).
 """
 
@@ -142,6 +144,9 @@ def main() -> None:
     p.add_argument("--draws", nargs="*", default=[], metavar="T,P",
                    help="extra rows of masked (at its most steps) and autoregressive samples drawn at temperature T "
                         "and top-p P (chosen with bench/text_levers.py --sampling)")
+    p.add_argument("--variants", nargs="*", default=[], metavar="NAME=METHOD:KEY=V,...",
+                   help="extra runs of a method's config with overrides, trained beside the methods and scored by "
+                        "their bound and samples at the method's most steps (e.g. a setting before a lever)")
     p.add_argument("--score-only", action="store_true")
     p.add_argument("--train-only", action="store_true")
     p.add_argument("--name", help="results NAME-<date>.json and bench/figures/NAME.png (default text-CORPUS)")
@@ -152,13 +157,20 @@ def main() -> None:
         print(figure(res, ROOT / "bench" / "figures" / f"text-{res['corpus']}.png"))
         return
     folder = ROOT / "bench" / "results" / f"text-{args.corpus}"
-    folders = {m: folder / m for m in args.methods}
+    method_of, overrides = {m: m for m in args.methods}, {m: [] for m in args.methods}  # run name -> ...
+    for v in args.variants:
+        name, _, spec = v.partition("=")
+        method, _, sets = spec.partition(":")
+        if method not in METHODS:
+            raise SystemExit(f"--variants {v!r}: write NAME=METHOD:KEY=V,... with METHOD one of {', '.join(METHODS)}")
+        method_of[name], overrides[name] = method, [o for o in sets.split(",") if o]
+    folders = {m: folder / m.replace(" ", "-") for m in method_of}
     if not args.score_only:
-        train_in_parallel([(folders[m], config_of(m), args.minutes, [f"data.name={args.corpus}"])
-                           for m in args.methods], args.parallel)
+        train_in_parallel([(folders[m], config_of(method_of[m]), args.minutes,
+                            [f"data.name={args.corpus}", *overrides[m]]) for m in method_of], args.parallel)
     if args.train_only:
         return
-    runs = {m: load_run(folders[m]) for m in args.methods}
+    runs = {m: load_run(folders[m]) for m in method_of}
     judge = runs["autoregressive"]
     held = judge.held_out()
     tokens, _ = held.windows(judge.config.text.length)
@@ -169,13 +181,16 @@ def main() -> None:
     for method, run in runs.items():
         b = run.nll(args.nll_n, progress=False)
         summary = run_summary(folders[method])
-        base = {"method": method, "parameters": sum(q.numel() for q in run.model.parameters()),
+        base = {"method": method, "overrides": overrides[method],
+                "parameters": sum(q.numel() for q in run.model.parameters()),
                 "train_steps": summary.pop("steps"), **summary, "bits_per_char": b["bits_per_char"],
                 "bits_per_char_stderr": b["bits_per_char_stderr"], "exact": b["exact"]}
         print(f"{method}: {base['parameters'] / 1e6:.2f}M parameters, {base['train_steps']} steps, held-out "
               f"{b['bits_per_char']:.3f} bits/char", flush=True)
-        draws = [(steps, 1.0, 1.0) for steps in STEPS[method]]
-        if method in ("masked", "autoregressive"):
+        draws = [(steps, 1.0, 1.0) for steps in STEPS[method_of[method]]]
+        if method not in args.methods:  # a variant: its method's most steps only
+            draws = draws[-1:]
+        elif method in ("masked", "autoregressive"):
             draws += [(STEPS[method][-1], *map(float, d.split(","))) for d in args.draws]
         last = None  # the method's row at its most steps and temperature 1: the infilling numbers go there
         for steps, temperature, top_p in draws:
@@ -190,11 +205,11 @@ def main() -> None:
             print(f"  {row['steps']:4d} steps, temperature {temperature:g}, top-p {top_p:g}: judge "
                   f"{row['gen_bits_per_char']:.3f} bits/char, entropy {row['unigram_entropy']:.2f}, distinct-2 "
                   f"{row['distinct_2']:.2f}", flush=True)
-        if run.method.infills:
+        if run.method.infills and method in args.methods:
             last |= infilling(run, judge, real[args.n:], TIMED_STEPS)
             print(f"  infilling: exact {last['infill_exact']:.2f}, judge {last['infill_bits_per_char']:.3f} "
                   f"bits/char (real {last['infill_real_bits_per_char']:.3f})", flush=True)
-    times = timing(runs, args.batch, args.repeats)
+    times = timing({m: runs[m] for m in args.methods}, args.batch, args.repeats)
     print("seconds per sample:", json.dumps(times, indent=1), flush=True)
     date = datetime.date.today().isoformat()
     res = {"date": date, "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",

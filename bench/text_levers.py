@@ -58,22 +58,23 @@ def config_of(method: str) -> Path:
 
 
 DRAWS = [(1.0, 1.0), (0.9, 1.0), (0.8, 1.0), (0.7, 1.0), (1.0, 0.95), (1.0, 0.9), (0.9, 0.95)]  # (temperature, top_p)
-REMASK_NOISES = [0.0, 1.0, 2.0, 4.5, 8.0]  # --remask: tau of the mask-predict sampler (MaskGIT's 4.5 among them)
+REMASK_NOISES = [0.0, 1.0, 2.0, 4.5, 8.0, 16.0, 32.0]  # --remask: tau of mask-predict's noise (MaskGIT's 4.5 among them)
 # the rule that picks a draw, fixed before any was measured: the lowest judge bits/char among the draws whose samples
 # keep the validation text's diversity (unigram entropy within ENTROPY_SLACK bits, distinct-2 within DISTINCT_SLACK)
 ENTROPY_SLACK, DISTINCT_SLACK = 0.1, 0.05
 
 
-def chosen_draw(rows: list[dict]) -> dict:
-    """The draw of ``rows`` (rows[0]: the validation text) that the rule above picks."""
+def chosen_draw(rows: list[dict]) -> dict | None:
+    """The draw of ``rows`` (rows[0]: the validation text) that the rule above picks; None when no draw keeps the
+    text's diversity."""
     real = rows[0]
     keep = [r for r in rows[1:] if abs(r["unigram_entropy"] - real["unigram_entropy"]) <= ENTROPY_SLACK
             and r["distinct_2"] >= real["distinct_2"] - DISTINCT_SLACK]
-    return min(keep or rows[1:2], key=lambda r: r["gen_bits_per_char"])
+    return min(keep, key=lambda r: r["gen_bits_per_char"]) if keep else None
 
 
 def sampling_lever(folder: Path, judge_folder: Path, n: int, steps: int, seed: int = 0,
-                   remask: bool = False) -> list[dict]:
+                   remask: bool = False, noises: list[float] | None = None) -> list[dict]:
     """The judge's bits/char, unigram entropy and distinct-n of ``n`` samples at each of DRAWS (``remask``: of the
     mask-predict sampler at each of REMASK_NOISES), and of held-out validation windows: how far a lower temperature
     or a nucleus lowers the score, and what it costs in entropy."""
@@ -85,7 +86,7 @@ def sampling_lever(folder: Path, judge_folder: Path, n: int, steps: int, seed: i
     pick = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(seed))[:n]
     real = [run.tokenizer.decode(tokens[i].tolist()) for i in pick]
     rows = [{"draw": "validation text", **judged(judge, real)}]
-    draws = ([(f"mask-predict remask noise {tau:g}", {"remask_noise": tau}, "mask-predict") for tau in REMASK_NOISES]
+    draws = ([(f"mask-predict remask noise {tau:g}", {"remask_noise": tau}, "mask-predict") for tau in noises or REMASK_NOISES]
              if remask else [(f"temperature {temperature:g} top-p {top_p:g}",
                               {"temperature": temperature, "top_p": top_p}, None) for temperature, top_p in DRAWS])
     for name, settings, sampler in draws:
@@ -96,7 +97,8 @@ def sampling_lever(folder: Path, judge_folder: Path, n: int, steps: int, seed: i
     for r in rows:
         print(f"{r['draw']:32s} judge {r['gen_bits_per_char']:.3f} bits/char  entropy {r['unigram_entropy']:.3f}  "
               f"distinct-2 {r['distinct_2']:.3f}", flush=True)
-    print(f"chosen: {chosen_draw(rows)['draw']}", flush=True)
+    chosen = chosen_draw(rows)
+    print(f"chosen: {chosen['draw'] if chosen else 'none (no draw keeps the validation text diversity)'}", flush=True)
     return rows
 
 
@@ -114,16 +116,17 @@ def main() -> None:
     p.add_argument("--judge", type=Path, help="--sampling: the autoregressive run that judges the samples")
     p.add_argument("--steps", type=int, default=128, help="--sampling: sampling steps")
     p.add_argument("--remask", action="store_true", help="--sampling: the mask-predict sampler's REMASK_NOISES")
+    p.add_argument("--noises", type=float, nargs="*", help="--remask: these noises instead of REMASK_NOISES")
     args = p.parse_args()
     if args.sampling:
         rows = sampling_lever(args.folder / args.sampling.replace(" ", "-"), args.judge, args.n, args.steps,
-                              remask=args.remask)
+                              remask=args.remask, noises=args.noises)
         date = datetime.date.today().isoformat()
         out = ROOT / "bench" / "results" / f"{args.name}-{date}.json"
         out.write_text(json.dumps({"date": date, "machine": f"{platform.node()} {platform.machine()} "
                                    f"{os.cpu_count()} cores", "torch": torch.__version__, "trial": args.sampling,
                                    "judge": str(args.judge), "n": args.n, "rule": {"entropy_slack": ENTROPY_SLACK,
-                                   "distinct_slack": DISTINCT_SLACK}, "chosen": chosen_draw(rows)["draw"],
+                                   "distinct_slack": DISTINCT_SLACK}, "chosen": (chosen_draw(rows) or {}).get("draw"),
                                    "rows": rows}, indent=1))
         print(f"results {out.relative_to(ROOT)}")
         return

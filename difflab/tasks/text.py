@@ -398,8 +398,8 @@ class TextRun(RunBase):
         parser.add_argument("--top-p", type=float, metavar="P", help="text runs: draw from the most likely tokens "
                                                                      "whose probability reaches P (default 1: all)")
         parser.add_argument("--remask-noise", type=float, metavar="TAU", help="text runs, --sampler mask-predict: "
-                            "MaskGIT's Gumbel noise on the confidence ranking, annealed to 0 (0 = the paper's "
-                            "ranking by confidence alone, which collapses into repetition)")
+                            "MaskGIT's Gumbel noise on the confidence ranking, annealed to 0 (default 16; 0 = the "
+                            "paper's ranking by confidence alone, which collapses into repetition)")
 
     def request(self, args: argparse.Namespace, n: int | None, default_n: int) -> SampleRequest:
         temperature, top_p = getattr(args, "temperature", None), getattr(args, "top_p", None)

@@ -31,7 +31,7 @@ from difflab.config import DDPM_TIMESTEPS, Config
 from difflab.errors import UserError
 
 Fixed = tuple[Tensor, Tensor]  # (given (B, L) bool, tokens (B, L) int64)
-REMASK_NOISE = 0.0  # mask-predict: tau of MaskGIT's noise on the re-masking (to be chosen on validation documents)
+REMASK_NOISE = 16.0  # mask-predict: tau of MaskGIT's noise on the re-masking (BENCHMARKS.md, "Text levers")
 BOUND_STRATA = 50  # embedding: stratified draws of the Gaussian bound's sum over t per sequence
 # the time features of every method see t in [0, DDPM_TIMESTEPS): the discrete family's t in [0, 1] is scaled by this,
 # the Gaussian core's t in [0, T - 1] by DDPM_TIMESTEPS / T
