@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from difflab.data.shape_words import SLOTS, paraphrases  # noqa: E402
 from difflab.data.shapes import ATTRIBUTES  # noqa: E402
-from difflab.models.text_encoders import MiniLMEncoder, masked_mean  # noqa: E402
+from difflab.models.text_encoders import MiniLMEncoder, masked_mean, masked_mean_normalized  # noqa: E402
 from t2i_words import wordings  # noqa: E402
 
 
@@ -42,8 +42,7 @@ def features(encoder: MiniLMEncoder, texts: list[str], layers: list[int]) -> dic
         with torch.no_grad():
             hidden = encoder.model(**batch, output_hidden_states=True).hidden_states  # layers + 1 of (B, L, D)
         mask = batch["attention_mask"].bool()  # (B, L)
-        last = masked_mean(hidden[-1], mask)
-        out.setdefault("pooled", []).append(torch.nn.functional.normalize(last, dim=-1).numpy())
+        out.setdefault("pooled", []).append(masked_mean_normalized(hidden[-1], mask).numpy())
         for k in layers:
             out.setdefault(f"layer {k}", []).append(masked_mean(hidden[k], mask).numpy())
     return {k: np.concatenate(v) for k, v in out.items()}

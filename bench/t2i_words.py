@@ -34,7 +34,7 @@ from difflab.data.shape_words import prompts as worded, vocabulary  # noqa: E402
 from difflab.data.shapes import caption, random_attributes  # noqa: E402
 from difflab.evaluate.attributes import attribute_accuracy  # noqa: E402
 from difflab.tasks import sampling_run  # noqa: E402
-from runs import train_process  # noqa: E402
+from runs import run_summary, train_process  # noqa: E402
 
 BENCH_SEED = 2026  # the combinations' seed (not the dataset's 0 / 1 nor the classifier's)
 WORDING_SEED = 17  # which held-out word and template each prompt gets
@@ -100,12 +100,7 @@ def main() -> None:
     rows = []
     for name in args.trials:
         out = args.folder / name.replace(", ", "-").replace(" ", "-")
-        if not args.score_only:
-            summary = train_process(out, CONFIG, args.minutes, TRIALS[name])
-        else:
-            from runs import run_summary
-
-            summary = run_summary(out)
+        summary = run_summary(out) if args.score_only else train_process(out, CONFIG, args.minutes, TRIALS[name])
         row = {"trial": name, "overrides": TRIALS[name], **summary}
         for w in WORDINGS:
             row[w] = score(out, attrs, prompts[w])

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from difflab.data.shapes import ATTRIBUTES, caption
+
 SPLITS = ("train", "validation", "test")
 SLOTS = ("size", "color", "shape", "position")  # the order of ATTRIBUTES in difflab.data.shapes
 
@@ -145,8 +147,6 @@ def parse_prompt(text: str) -> tuple[int, int, int, int] | None:
 
 def vocabulary() -> dict[str, object]:
     """The split as data (printed and stored by the benchmark, so anyone can check it)."""
-    from difflab.data.shapes import ATTRIBUTES
-
     return {"words": {slot: {ATTRIBUTES[slot][i]: dict(splits) for i, splits in enumerate(WORDS[slot])}
                       for slot in SLOTS},
             "templates": {k: list(v) for k, v in TEMPLATES.items()},
@@ -156,8 +156,6 @@ def vocabulary() -> dict[str, object]:
 def paraphrases(k: int, seed: int = 0) -> list[list[str]]:
     """``k`` training captions of each of the 320 attribute combinations (in ``np.ndindex`` order): the grammar's
     caption first, then ``k - 1`` drawn from the train split's templates and phrases (:func:`phrase`)."""
-    from difflab.data.shapes import ATTRIBUTES, caption
-
     rng = np.random.default_rng(seed)
     return [[caption(a), *(phrase(a, "train", rng) for _ in range(k - 1))]
             for a in np.ndindex(*(len(v) for v in ATTRIBUTES.values()))]
