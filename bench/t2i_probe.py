@@ -1,6 +1,7 @@
 """What a frozen text encoder knows of words the captions never used, in a minute: linear probes on its vectors.
 
     python bench/t2i_probe.py                       # MiniLM: pooled vector and mean token state of every layer
+    python bench/t2i_probe.py --words               # each held-out word alone, nearest training word's value
 
 For every attribute a logistic regression is fitted on the encoder's vectors of training captions (the grammar's,
 or --captions paraphrase: data.caption_variants rewordings per combination from the train side of
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from difflab.data.shape_words import SLOTS, paraphrases  # noqa: E402
+from difflab.data.shape_words import SLOTS, WORDS, paraphrases  # noqa: E402
 from difflab.data.shapes import ATTRIBUTES  # noqa: E402
 from difflab.models.text_encoders import MiniLMEncoder, masked_mean, masked_mean_normalized  # noqa: E402
 from t2i_words import wordings  # noqa: E402
@@ -48,6 +49,33 @@ def features(encoder: MiniLMEncoder, texts: list[str], layers: list[int]) -> dic
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def nearest_words(encoder: MiniLMEncoder) -> list[dict]:
+    """Each held-out phrase embedded alone, given the value whose training phrases' mean vector is nearest (cosine):
+    what the encoder knows of a word with no sentence around it, per vector (pooled, every layer's mean state)."""
+    layers = list(range(encoder.model.config.num_hidden_layers + 1))
+    rows = []
+    for slot in SLOTS:
+        values = WORDS[slot]
+        train = [features(encoder, list(v["train"]), layers) for v in values]
+        held = {split: [features(encoder, list(v[split]), layers) for v in values] for split in ("validation", "test")}
+        for name in train[0]:
+            prototypes = np.stack([t[name].mean(0) for t in train])  # (values, D)
+            prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True)
+            row: dict = {"slot": slot, "vector": name}
+            for split, per_value in held.items():
+                wrong = []
+                for i, f in enumerate(per_value):
+                    for word, j in zip(values[i][split], (f[name] @ prototypes.T).argmax(1), strict=True):
+                        if j != i:
+                            wrong.append(f"{word} -> {values[j]['train'][0]}")
+                n = sum(len(v[split]) for v in values)
+                row[split] = {"right": n - len(wrong), "of": n, "wrong": wrong}
+            rows.append(row)
+            print(f"{slot:8s} {name:8s} " + "  ".join(f"{s} {row[s]['right']}/{row[s]['of']}" for s in held)
+                  + f"  test wrong: {', '.join(row['test']['wrong'])}", flush=True)
+    return rows
+
+
 def main() -> None:
     from sklearn.linear_model import LogisticRegression
 
@@ -55,7 +83,17 @@ def main() -> None:
     p.add_argument("--captions", choices=("grammar", "paraphrase"), default="paraphrase")
     p.add_argument("--variants", type=int, default=16)
     p.add_argument("--n", type=int, default=500)
+    p.add_argument("--words", action="store_true", help="only the nearest-word probe of each held-out word alone")
     args = p.parse_args()
+    date = datetime.date.today().isoformat()
+    machine = f"{platform.node()} {platform.machine()} {os.cpu_count()} cores"
+    if args.words:
+        rows = nearest_words(MiniLMEncoder(max_length=16))
+        out = ROOT / "bench" / "results" / f"t2i-probe-words-{date}.json"
+        out.write_text(json.dumps({"date": date, "machine": machine, "probe": "nearest training value, word alone",
+                                   "rows": rows}, indent=1))
+        print(f"results {out.relative_to(ROOT)}")
+        return
     combos = np.array(list(np.ndindex(*(len(v) for v in ATTRIBUTES.values()))))  # (320, 4)
     table = paraphrases(args.variants if args.captions == "paraphrase" else 1)
     train_texts = [c for row in table for c in row]
@@ -75,10 +113,8 @@ def main() -> None:
         rows.append(row)
         print(f"{name:8s} " + "  ".join(f"{w} {100 * row[w]['all']:5.1f}% (" + "/".join(
             f"{100 * row[w][s]:.0f}" for s in SLOTS) + ")" for w in held), flush=True)
-    date = datetime.date.today().isoformat()
     out = ROOT / "bench" / "results" / f"t2i-probe-{args.captions}-{date}.json"
-    out.write_text(json.dumps({"date": date, "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} "
-                               "cores", "captions": args.captions, "variants": args.variants, "n": args.n,
+    out.write_text(json.dumps({"date": date, "machine": machine, "captions": args.captions, "variants": args.variants, "n": args.n,
                                "rows": rows}, indent=1))
     print(f"results {out.relative_to(ROOT)}")
 

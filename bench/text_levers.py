@@ -48,6 +48,8 @@ TRIALS = {  # name -> (method, overrides of its shipped config)
     "masked no clipping": ("masked", ["train.grad_clip=0"]),
     "masked count gamma 0.5": ("masked", ["text.count_gamma=0.5"]),
     "masked count gamma 1": ("masked", ["text.count_gamma=1"]),
+    "masked count gamma 0.25": ("masked", ["text.count_gamma=0.25"]),
+    "masked count gamma 0.75": ("masked", ["text.count_gamma=0.75"]),
     "masked width 192 depth 2 count": ("masked", ["text.width=192", "text.depth=2"]),
     "autoregressive width 192 depth 2": ("autoregressive", ["text.width=192", "text.depth=2"]),
 }
