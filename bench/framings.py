@@ -15,7 +15,9 @@ Systems (configs/):
 For each: all-four-attribute accuracy and per attribute on ``--n`` random grammar prompts (a seed no split uses;
 difflab's attribute classifier at 64x64), CLIP score (difflab's shapes CLIP), FID@n against the training images,
 sampling seconds per image at the system's own sampler settings and at one shared setting (dpmpp-2m, 20 steps,
-for the latent/pixel speed ratio), parameters, training seconds of all stages, peak memory of training. A PNG
+for the latent/pixel speed ratio), parameters, training seconds of all stages, peak memory of training; and the
+all-four accuracy of the same combinations in held-out words and templates (the test split of
+difflab.data.shape_words, never in a training caption; issue 17), one image each. A PNG
 grid of the same 8 prompts from each system goes to bench/figures/framings-grid.png. Results:
 bench/results/framings-<date>.json and a markdown table on stdout.
 """
@@ -40,9 +42,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from difflab import grids, io  # noqa: E402
+from difflab.data.shape_words import prompts as worded  # noqa: E402
+from difflab.evaluate.attributes import attribute_accuracy  # noqa: E402
 from difflab.evaluate.fid import compute_fid  # noqa: E402
 from difflab.tasks import sampling_run  # noqa: E402
 from runs import run_summary  # noqa: E402
+from t2i_words import WORDING_SEED  # noqa: E402
 from text_to_image import BENCH_SEED, grammar_prompts  # noqa: E402
 
 SYSTEMS: dict[str, tuple[str, list[str]]] = {  # name -> (config, overrides)
@@ -93,13 +98,16 @@ def seconds_per_image(run, prompts: list[str], **options) -> float:
     return (time.perf_counter() - t0) / len(prompts)
 
 
-def score(name: str, folder: Path, prompts: list[str]) -> dict:
-    """Accuracy, CLIP score, FID, speed and size of one trained system."""
+def score(name: str, folder: Path, prompts: list[str], attrs: np.ndarray) -> dict:
+    """Accuracy (grammar prompts, and the same combinations ``attrs`` in held-out words), CLIP score, FID, speed
+    and size of one trained system."""
     run = sampling_run(folder)
     t0 = time.perf_counter()
     samples = run.sample(len(prompts), cond=prompts, seed=BENCH_SEED, progress=False)
     own_seconds = (time.perf_counter() - t0) / len(prompts)
     metrics = {k: v for k, v in run.prompt_metrics(samples, progress=False).items() if k != "clip_run"}
+    held = run.sample(len(attrs), cond=worded(attrs, "test", WORDING_SEED), seed=BENCH_SEED, progress=False).data
+    metrics |= {f"held_out_{k}": v for k, v in attribute_accuracy(held, attrs).items()}
     summaries = [run_summary(f) for f in stage_folders(folder)]
     return {"system": name, **metrics,
             "fid": compute_fid(samples.data, data="shapes", resolution=run.config.data.resolution, progress=False),
@@ -128,10 +136,11 @@ def comparison_grid(folders: dict[str, Path], out: Path) -> Path:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| system | all four | size | color | shape | position | CLIP score | FID | s/img (own) | "
-            "s/img (dpmpp-2m, 20) | parameters | train s | peak MB |\n" + "|---" * 13 + "|")
+    head = ("| system | all four | size | color | shape | position | held-out words, all four | CLIP score | FID | "
+            "s/img (own) | s/img (dpmpp-2m, 20) | parameters | train s | peak MB |\n" + "|---" * 14 + "|")
     lines = [f"| {r['system']} | {100 * r['attr_all']:.1f}% | {100 * r['attr_size']:.1f}% | {100 * r['attr_color']:.1f}% "
-             f"| {100 * r['attr_shape']:.1f}% | {100 * r['attr_position']:.1f}% | {r['clip_score']:.2f} | "
+             f"| {100 * r['attr_shape']:.1f}% | {100 * r['attr_position']:.1f}% | {100 * r['held_out_all']:.1f}% | "
+             f"{r['clip_score']:.2f} | "
              f"{r['fid']:.2f} | {r['sec_per_image']:.3f} | {r['sec_per_image_shared']:.3f} | "
              f"{r['parameters'] / 1e6:.2f}M | {r['train_seconds']:.0f} | {r['peak_rss_mb']:.0f} |" for r in rows]
     return "\n".join([head, *lines])
@@ -153,11 +162,11 @@ def main() -> None:
     for name, folder in folders.items():
         if not args.score_only:
             train_system(folder, *SYSTEMS[name])
-    prompts, _ = grammar_prompts(args.n, BENCH_SEED)
+    prompts, attrs = grammar_prompts(args.n, BENCH_SEED)
     res = {"date": date, "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
            "torch": torch.__version__, "n": args.n, "configs": {k: SYSTEMS[k] for k in args.systems}, "rows": []}
     for name, folder in folders.items():
-        res["rows"].append(score(name, folder, prompts))
+        res["rows"].append(score(name, folder, prompts, attrs))
         print(table(res["rows"][-1:]), flush=True)
     rows = {r["system"]: r for r in res["rows"]}
     if "latent" in rows and "pixel" in rows:
