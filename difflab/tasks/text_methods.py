@@ -106,20 +106,26 @@ class TextMethod:
                             f"pass --sampler {self.samplers[0]}")
 
 
-# -- masked diffusion (MDLM) and Mask-Predict ------------------------------------------------------
-class Masked(TextMethod):
-    name = "masked"
-    samplers = ("ancestral", "mask-predict")
+class Scheduled:
+    """The token schedule of ``text.schedule`` (the discrete-noise methods)."""
 
-    @property
-    def mask_id(self) -> int:
-        return self.V
+    cfg: Config
 
     @property
     def schedule(self):
         from difflab.discrete.schedules import token_schedule
 
         return token_schedule(self.cfg.text.schedule, self.cfg.text.eps)
+
+
+# -- masked diffusion (MDLM) and Mask-Predict ------------------------------------------------------
+class Masked(Scheduled, TextMethod):
+    name = "masked"
+    samplers = ("ancestral", "mask-predict")
+
+    @property
+    def mask_id(self) -> int:
+        return self.V
 
     def build(self) -> nn.Module:
         return self.transformer(vocab_in=self.V + 1, vocab_out=self.V + 1, time_conditioning=self.time_conditioning)
@@ -172,15 +178,13 @@ class MaskPredict(Masked):
 
 
 # -- uniform transitions (D3PM) --------------------------------------------------------------------
-class Uniform(Masked):
+class Uniform(Scheduled, TextMethod):
     name = "uniform"
     samplers = ("ancestral",)
     default_time = True
 
     def build(self) -> nn.Module:
         return self.transformer(vocab_in=self.V, vocab_out=self.V, time_conditioning=self.time_conditioning)
-
-    loss = TextMethod.loss  # its own bound, no count proposal
 
     def nelbo(self, model, x0, labels, generator):
         from difflab.discrete.uniform import uniform_nelbo
