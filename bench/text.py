@@ -16,6 +16,8 @@ documents (held out of every run's training and of every choice of settings, ben
 - infilling: --infills held-out windows with their first and last quarter given, the middle filled at 32 steps;
   the judge's bits/char of the filled middle given the prefix (beside the real middle's), and whether the prefix and
   suffix come back exactly.
+The masked run is also sampled in confidence order (its mask-predict sampler, MaskGIT/LLaDA's low-confidence
+re-masking with the shipped noise) at 8 / 32 / 128 steps: the same network, another way to unmask.
 --variants NAME=METHOD:KEY=V,... trains and scores a method's config with overrides beside them (its bound and its
 samples at the method's most steps), e.g. the setting a lever replaced.
 Results bench/results/text-<corpus>-<date>.json, figure bench/figures/text-<corpus>.png (or --name NAME).
@@ -49,6 +51,7 @@ from runs import run_summary, train_in_parallel  # noqa: E402
 SEED = 20261202
 STEPS = {"masked": (4, 8, 16, 32, 64, 128), "mask-predict": (8, 32, 128), "uniform": (8, 32, 128),
          "embedding": (8, 32, 128), "autoregressive": (None,)}  # None: one step per token
+CONFIDENCE_STEPS = (8, 32, 128)  # the masked run's rows with its mask-predict sampler
 TIMED_STEPS = 32  # the diffusion methods' steps in the timing and infilling rows
 
 
@@ -107,13 +110,17 @@ def figure(res: dict, out: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     rows = res["rows"]
     for method in STEPS:
-        mine = [r for r in rows if r["method"] == method and r.get("temperature", 1) == 1 and r.get("top_p", 1) == 1]
-        if not mine:
-            continue
-        if method == "autoregressive":
-            left.axhline(mine[0]["gen_bits_per_char"], color="k", ls="--", label="autoregressive (256 steps)")
-        else:
-            left.plot([r["steps"] for r in mine], [r["gen_bits_per_char"] for r in mine], marker="o", label=method)
+        for sampler in (None, "mask-predict"):
+            mine = [r for r in rows if r["method"] == method and r.get("temperature", 1) == 1
+                    and r.get("top_p", 1) == 1 and r.get("sampler") == sampler]
+            if not mine:
+                continue
+            if method == "autoregressive":
+                left.axhline(mine[0]["gen_bits_per_char"], color="k", ls="--", label="autoregressive (256 steps)")
+            else:
+                left.plot([r["steps"] for r in mine], [r["gen_bits_per_char"] for r in mine], marker="o",
+                          ls="-" if sampler is None else "--",
+                          label=method if sampler is None else f"{method}, confidence order ({sampler} sampler)")
     left.axhline(rows[0]["gen_bits_per_char"], color="grey", ls=":", label="held-out text")
     left.set(xscale="log", xlabel="sampling steps", ylabel="bits/char under the autoregressive judge",
              title=f"samples of 256 characters ({res['corpus']})")
@@ -187,22 +194,25 @@ def main() -> None:
                 "bits_per_char_stderr": b["bits_per_char_stderr"], "exact": b["exact"]}
         print(f"{method}: {base['parameters'] / 1e6:.2f}M parameters, {base['train_steps']} steps, held-out "
               f"{b['bits_per_char']:.3f} bits/char", flush=True)
-        draws = [(steps, 1.0, 1.0) for steps in STEPS[method_of[method]]]
+        draws = [(steps, 1.0, 1.0, None) for steps in STEPS[method_of[method]]]  # None: the run's sampler
         if method not in args.methods:  # a variant: its method's most steps only
             draws = draws[-1:]
         elif method in ("masked", "autoregressive"):
-            draws += [(STEPS[method][-1], *map(float, d.split(","))) for d in args.draws]
+            draws += [(STEPS[method][-1], *map(float, d.split(",")), None) for d in args.draws]
+        if method == "masked":
+            draws += [(steps, 1.0, 1.0, "mask-predict") for steps in CONFIDENCE_STEPS]
         last = None  # the method's row at its most steps and temperature 1: the infilling numbers go there
-        for steps, temperature, top_p in draws:
+        for steps, temperature, top_p, sampler in draws:
             t0 = time.perf_counter()
             samples: Samples = run.sample(args.n, cond=TextCondition(temperature=temperature, top_p=top_p),
-                                          steps=steps, seed=SEED, progress=False)
+                                          sampler=sampler, steps=steps, seed=SEED, progress=False)
             row = {**base, "steps": steps or run.config.text.length, "temperature": temperature, "top_p": top_p,
-                   "sample_seconds": time.perf_counter() - t0,
+                   "sampler": sampler, "sample_seconds": time.perf_counter() - t0,
                    **judged(judge, [str(t) for t in samples.data]), "example": str(samples.data[0])}
             rows.append(row)
-            last = row if (temperature, top_p) == (1.0, 1.0) else last
-            print(f"  {row['steps']:4d} steps, temperature {temperature:g}, top-p {top_p:g}: judge "
+            last = row if (temperature, top_p, sampler) == (1.0, 1.0, None) else last
+            print(f"  {row['steps']:4d} steps, {sampler or 'its sampler'}, temperature {temperature:g}, "
+                  f"top-p {top_p:g}: judge "
                   f"{row['gen_bits_per_char']:.3f} bits/char, entropy {row['unigram_entropy']:.2f}, distinct-2 "
                   f"{row['distinct_2']:.2f}", flush=True)
         if run.method.infills and method in args.methods:
