@@ -17,7 +17,7 @@ documents (held out of every run's training and of every choice of settings, ben
   the judge's bits/char of the filled middle given the prefix (beside the real middle's), and whether the prefix and
   suffix come back exactly.
 The masked run is also sampled in confidence order (its mask-predict sampler, MaskGIT/LLaDA's low-confidence
-re-masking with the shipped noise) at 8 / 32 / 128 steps: the same network, another way to unmask.
+re-masking with the shipped noise) at the masked steps: the same network, another way to unmask.
 --variants NAME=METHOD:KEY=V,... trains and scores a method's config with overrides beside them (its bound and its
 samples at the method's most steps), e.g. the setting a lever replaced.
 Results bench/results/text-<corpus>-<date>.json, figure bench/figures/text-<corpus>.png (or --name NAME).
@@ -51,7 +51,7 @@ from runs import run_summary, train_in_parallel  # noqa: E402
 SEED = 20261202
 STEPS = {"masked": (4, 8, 16, 32, 64, 128), "mask-predict": (8, 32, 128), "uniform": (8, 32, 128),
          "embedding": (8, 32, 128), "autoregressive": (None,)}  # None: one step per token
-CONFIDENCE_STEPS = (8, 32, 128)  # the masked run's rows with its mask-predict sampler
+CONFIDENCE_STEPS = STEPS["masked"]  # the masked run's rows with its mask-predict sampler
 TIMED_STEPS = 32  # the diffusion methods' steps in the timing and infilling rows
 
 
