@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from difflab.data.shape_words import SLOTS, WORDS, paraphrases  # noqa: E402
-from difflab.data.shapes import ATTRIBUTES  # noqa: E402
+from difflab.data.shapes import all_attributes  # noqa: E402
 from difflab.models.text_encoders import MiniLMEncoder, masked_mean, masked_mean_normalized  # noqa: E402
 from t2i_words import wordings  # noqa: E402
 
@@ -94,7 +94,7 @@ def main() -> None:
                                    "rows": rows}, indent=1))
         print(f"results {out.relative_to(ROOT)}")
         return
-    combos = np.array(list(np.ndindex(*(len(v) for v in ATTRIBUTES.values()))))  # (320, 4)
+    combos = all_attributes()  # (320, 4)
     table = paraphrases(args.variants if args.captions == "paraphrase" else 1)
     train_texts = [c for row in table for c in row]
     train_attrs = np.repeat(combos, len(table[0]), axis=0)  # (320 K, 4)

@@ -38,7 +38,7 @@ import torch  # noqa: E402
 
 from difflab import io  # noqa: E402
 from difflab.config import load_config  # noqa: E402
-from difflab.data.shapes import ATTRIBUTES, caption, matches_holdout, random_attributes  # noqa: E402
+from difflab.data.shapes import all_attributes, caption, matches_holdout, random_attributes  # noqa: E402
 from difflab.evaluate.fid import compute_fid  # noqa: E402
 from difflab.tasks import sampling_run  # noqa: E402
 from difflab.tasks.clip import get_default_clip  # noqa: E402
@@ -57,7 +57,7 @@ def grammar_prompts(n: int, seed: int, holdout: tuple[str, ...] = (), held_out: 
     if not holdout:
         attrs = random_attributes(n, seed)
     else:
-        combos = np.array(list(np.ndindex(*(len(v) for v in ATTRIBUTES.values()))), dtype=np.int64)  # (320, 4)
+        combos = all_attributes()  # (320, 4)
         pool = combos[matches_holdout(combos, holdout) == held_out]
         attrs = pool[np.random.default_rng(seed).integers(0, len(pool), size=n)]
     return [caption(a) for a in attrs], attrs

@@ -5,9 +5,9 @@ import pytest
 
 from difflab.data.shape_words import (HELD_OUT_WORDS, SLOTS, SPLITS, TEMPLATES, WORDS, all_captions, parse_prompt,
                                       phrase, prompts, words_of)
-from difflab.data.shapes import ATTRIBUTES, caption
+from difflab.data.shapes import ATTRIBUTES, all_attributes, caption
 
-COMBOS = list(np.ndindex(*(len(v) for v in ATTRIBUTES.values())))  # the 320 attribute combinations
+COMBOS = [tuple(int(i) for i in a) for a in all_attributes()]  # the 320 attribute combinations
 
 
 def test_the_grammar_is_the_first_training_phrase_and_template():

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from difflab.data.shapes import ATTRIBUTES, caption
+from difflab.data.shapes import ATTRIBUTES, all_attributes, caption
 
 SPLITS = ("train", "validation", "test")
 SLOTS = ("size", "color", "shape", "position")  # the order of ATTRIBUTES in difflab.data.shapes
@@ -158,4 +158,4 @@ def paraphrases(k: int, seed: int = 0) -> list[list[str]]:
     caption first, then ``k - 1`` drawn from the train split's templates and phrases (:func:`phrase`)."""
     rng = np.random.default_rng(seed)
     return [[caption(a), *(phrase(a, "train", rng) for _ in range(k - 1))]
-            for a in np.ndindex(*(len(v) for v in ATTRIBUTES.values()))]
+            for a in all_attributes()]

@@ -56,8 +56,13 @@ RENDER_STREAM = 1  # second word of the rendering seed, so it differs from the a
 CLASS_NAMES = [f"{c} {s}" for s in ATTRIBUTES["shape"] for c in ATTRIBUTES["color"]]  # label = shape * 8 + color
 _NUM_VALUES = tuple(len(v) for v in ATTRIBUTES.values())  # (2, 8, 4, 5)
 
-__all__ = ["ATTRIBUTES", "CLASS_NAMES", "caption", "parse_caption", "parse_holdout", "matches_holdout",
+__all__ = ["ATTRIBUTES", "CLASS_NAMES", "all_attributes", "caption", "parse_caption", "parse_holdout", "matches_holdout",
            "random_attributes", "render_shapes", "load_shapes_dataset", "write_shapes_folder"]
+
+
+def all_attributes() -> np.ndarray:
+    """Every attribute combination once, int64 (320, 4) in ``np.ndindex`` order (size, color, shape, position)."""
+    return np.array(list(np.ndindex(*_NUM_VALUES)), dtype=np.int64).reshape(-1, len(_NUM_VALUES))
 
 
 def _normalise(text: str) -> str:
@@ -71,7 +76,7 @@ def caption(attrs: Sequence[int]) -> str:
     return "a " + " ".join(words)
 
 
-_CAPTIONS = {caption(a): tuple(int(i) for i in a) for a in np.ndindex(*_NUM_VALUES)}
+_CAPTIONS = {caption(a): tuple(int(i) for i in a) for a in all_attributes()}
 
 
 def parse_caption(text: str) -> tuple[int, int, int, int] | None:
@@ -131,7 +136,7 @@ def random_attributes(n: int, seed: int, holdout: Sequence[str] = ()) -> np.ndar
     Raises:
         UserError: bad holdout entries, or a holdout that excludes every combination.
     """
-    all_combos = np.array(list(np.ndindex(*_NUM_VALUES)), dtype=np.int64)  # (320, 4)
+    all_combos = all_attributes()  # (320, 4)
     if holdout and matches_holdout(all_combos, holdout).all():
         raise UserError(f"data.holdout {list(holdout)} excludes every image: hold out fewer combinations")
     rng = np.random.default_rng(seed)
