@@ -51,7 +51,7 @@ from runs import run_summary, train_in_parallel  # noqa: E402
 SEED = 20261202
 STEPS = {"masked": (4, 8, 16, 32, 64, 128), "mask-predict": (8, 32, 128), "uniform": (8, 32, 128),
          "embedding": (8, 32, 128), "autoregressive": (None,)}  # None: one step per token
-CONFIDENCE_STEPS = STEPS["masked"]  # the masked run's rows with its mask-predict sampler
+CONFIDENCE_SAMPLER, CONFIDENCE_STEPS = "mask-predict", STEPS["masked"]  # the masked run's confidence-order rows
 TIMED_STEPS = 32  # the diffusion methods' steps in the timing and infilling rows
 
 
@@ -110,7 +110,7 @@ def figure(res: dict, out: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     rows = res["rows"]
     for method in STEPS:
-        for sampler in (None, "mask-predict"):
+        for sampler in (None, CONFIDENCE_SAMPLER):
             mine = [r for r in rows if r["method"] == method and r.get("temperature", 1) == 1
                     and r.get("top_p", 1) == 1 and r.get("sampler") == sampler]
             if not mine:
@@ -200,7 +200,7 @@ def main() -> None:
         elif method in ("masked", "autoregressive"):
             draws += [(STEPS[method][-1], *map(float, d.split(",")), None) for d in args.draws]
         if method == "masked":
-            draws += [(steps, 1.0, 1.0, "mask-predict") for steps in CONFIDENCE_STEPS]
+            draws += [(steps, 1.0, 1.0, CONFIDENCE_SAMPLER) for steps in CONFIDENCE_STEPS]
         last = None  # the method's row at its most steps and temperature 1: the infilling numbers go there
         for steps, temperature, top_p, sampler in draws:
             t0 = time.perf_counter()

@@ -56,13 +56,13 @@ RENDER_STREAM = 1  # second word of the rendering seed, so it differs from the a
 CLASS_NAMES = [f"{c} {s}" for s in ATTRIBUTES["shape"] for c in ATTRIBUTES["color"]]  # label = shape * 8 + color
 _NUM_VALUES = tuple(len(v) for v in ATTRIBUTES.values())  # (2, 8, 4, 5)
 
-__all__ = ["ATTRIBUTES", "CLASS_NAMES", "all_attributes", "caption", "parse_caption", "parse_holdout", "matches_holdout",
-           "random_attributes", "render_shapes", "load_shapes_dataset", "write_shapes_folder"]
+__all__ = ["ATTRIBUTES", "CLASS_NAMES", "all_attributes", "caption", "parse_caption", "parse_holdout",
+           "matches_holdout", "random_attributes", "render_shapes", "load_shapes_dataset", "write_shapes_folder"]
 
 
 def all_attributes() -> np.ndarray:
     """Every attribute combination once, int64 (320, 4) in ``np.ndindex`` order (size, color, shape, position)."""
-    return np.array(list(np.ndindex(*_NUM_VALUES)), dtype=np.int64).reshape(-1, len(_NUM_VALUES))
+    return np.array(list(np.ndindex(*_NUM_VALUES)), dtype=np.int64)
 
 
 def _normalise(text: str) -> str:
