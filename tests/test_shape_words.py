@@ -72,3 +72,16 @@ def test_prompts_use_only_their_split_and_are_reproducible():
     assert [parse_prompt(p) for p in test] == [tuple(a) for a in attrs]
     with pytest.raises(ValueError, match="unknown vocabulary split"):
         phrase(attrs[0], "dev", np.random.default_rng(0))
+
+
+def test_only_narrows_each_value_to_the_given_phrases():
+    only = {slot: [WORDS[slot][i]["test"][:1] for i in range(len(ATTRIBUTES[slot]))] for slot in SLOTS}
+    attrs = np.array(COMBOS)[:40]
+    narrowed = prompts(attrs, "test", seed=1, only=only)
+    allowed = set().union(*(words_of(p[0]) for vs in only.values() for p in vs))
+    template_words = set().union(*(words_of(t.replace("{", " ").replace("}", " ")) for t in TEMPLATES["test"]))
+    assert all(words_of(p) <= allowed | template_words | {"a", "an"} for p in narrowed)
+    assert [parse_prompt(p) for p in narrowed] == [tuple(a) for a in attrs]
+    only["color"] = [[] for _ in ATTRIBUTES["color"]]
+    with pytest.raises(ValueError, match="no test phrase of color"):
+        prompts(attrs, "test", seed=1, only=only)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -77,8 +77,8 @@ HELD_OUT_WORDS: dict[str, frozenset[str]] = {  # words of each held-out split th
                       "showing sits".split()),
 }
 
-__all__ = ["SPLITS", "WORDS", "TEMPLATES", "HELD_OUT_WORDS", "phrase", "prompts", "paraphrases", "parse_prompt",
-           "words_of", "vocabulary"]
+__all__ = ["SPLITS", "WORDS", "TEMPLATES", "HELD_OUT_WORDS", "Phrases", "phrase", "prompts", "paraphrases",
+           "parse_prompt", "words_of", "vocabulary"]
 
 
 def _article(text: str) -> str:
@@ -86,23 +86,29 @@ def _article(text: str) -> str:
     return re.sub(r"\ba (?=[aeiou])", "an ", text)
 
 
-def phrase(attrs: Sequence[int], split: str, rng: np.random.Generator) -> str:
+Phrases = Mapping[str, Sequence[Sequence[str]]]  # slot -> value index -> phrases to draw from
+
+
+def phrase(attrs: Sequence[int], split: str, rng: np.random.Generator, only: Phrases | None = None) -> str:
     """A caption of ``attrs`` (size, color, shape, position indices) made only of ``split``'s template and
-    phrases, each drawn uniformly with ``rng``."""
+    phrases, each drawn uniformly with ``rng``; ``only`` narrows the phrases of each value (a subset of the
+    split's)."""
     if split not in SPLITS:
         raise ValueError(f"unknown vocabulary split {split!r}: use one of {', '.join(SPLITS)}")
     template = TEMPLATES[split][rng.integers(len(TEMPLATES[split]))]
     fill = {}
     for slot, i in zip(SLOTS, attrs, strict=True):
-        options = WORDS[slot][int(i)][split]
+        options = WORDS[slot][int(i)][split] if only is None else only[slot][int(i)]
+        if not options:
+            raise ValueError(f"no {split} phrase of {slot} {ATTRIBUTES[slot][int(i)]!r} to draw from")
         fill[slot] = options[rng.integers(len(options))]
     return _article(template.format(**fill))
 
 
-def prompts(attrs: np.ndarray, split: str, seed: int) -> list[str]:
+def prompts(attrs: np.ndarray, split: str, seed: int, only: Phrases | None = None) -> list[str]:
     """One caption per row of ``attrs`` (N, 4) in ``split``'s words (:func:`phrase`), reproducible by ``seed``."""
     rng = np.random.default_rng(seed)
-    return [phrase(a, split, rng) for a in np.asarray(attrs, dtype=np.int64).reshape(-1, len(SLOTS))]
+    return [phrase(a, split, rng, only) for a in np.asarray(attrs, dtype=np.int64).reshape(-1, len(SLOTS))]
 
 
 def all_captions(attrs: Sequence[int], split: str) -> list[str]:
