@@ -29,7 +29,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ from difflab.data.shape_words import prompts as worded  # noqa: E402
 from difflab.evaluate.attributes import attribute_accuracy  # noqa: E402
 from difflab.evaluate.fid import compute_fid  # noqa: E402
 from difflab.tasks import sampling_run  # noqa: E402
-from runs import run_summary  # noqa: E402
+from runs import run_process, run_summary  # noqa: E402
 from t2i_words import WORDING_SEED  # noqa: E402
 from text_to_image import BENCH_SEED, grammar_prompts  # noqa: E402
 
@@ -69,8 +68,7 @@ def train_system(out: Path, config: str, overrides: list[str]) -> None:
         return
     cmd = [sys.executable, "-m", "difflab.cli", "train", str(ROOT / config), "--out", str(out), "--no-progress",
            *(["--resume"] if out.exists() else []), *(["--set", *overrides] if overrides else [])]
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    run_process(cmd)
 
 
 def stage_folders(run: Path) -> list[Path]:

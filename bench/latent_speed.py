@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch  # noqa: E402
 
 from difflab import io  # noqa: E402
 from difflab.tasks import sampling_run  # noqa: E402
+from runs import run_process  # noqa: E402
 from text_to_image import BENCH_SEED, grammar_prompts  # noqa: E402
 
 PIXEL = ["data.resolution=64", "model.patch_size={p}"]
@@ -54,8 +54,7 @@ def build(out: Path, config: str, overrides: list[str]) -> None:
         return
     cmd = [sys.executable, "-m", "difflab.cli", "train", str(ROOT / config), "--out", str(out), "--no-progress",
            "--set", *overrides, f"train.max_steps={STEPS_TRAINED}", f"train.checkpoint_every={STEPS_TRAINED}"]
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    run_process(cmd)
 
 
 def main() -> None:

@@ -1,7 +1,10 @@
-"""What the bench scripts share: train a config for a wall-clock budget, summarise a run folder."""
+"""What the bench scripts share: train a config for a wall-clock budget, summarise a run folder, run child
+processes that stop when the script is stopped."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +13,41 @@ from difflab import io
 from difflab.config import apply_overrides, load_config
 from difflab.tasks import build_task
 from difflab.train import train
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def run_processes(cmds: list[list[str]], env: dict | None = None) -> None:
+    """Run ``cmds`` side by side and wait for all of them. A stop signal to this script (Ctrl-C, ``kill``, a
+    closed terminal) is passed on to every child still running, so no training run is left behind writing into a
+    folder (its atomic checkpoints make ``--resume`` exact). Raises SystemExit when a child fails or was stopped."""
+    procs = [subprocess.Popen(cmd, env=env) for cmd in cmds]
+    stopped: list[int] = []
+
+    def forward(signum: int, _frame) -> None:
+        stopped.append(signum)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in STOP_SIGNALS}
+    try:
+        codes = [proc.wait() for proc in procs]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if stopped:
+        raise SystemExit(128 + stopped[0])
+    failed = [" ".join(cmd) for cmd, code in zip(cmds, codes) if code != 0]
+    if failed:
+        raise SystemExit("a training run failed (see its output above): " + "; ".join(failed))
+
+
+def run_process(cmd: list[str], env: dict | None = None) -> None:
+    """:func:`run_processes` of one command, echoed first."""
+    print("$", " ".join(cmd), flush=True)
+    run_processes([cmd], env)
 
 
 def run_summary(run: Path) -> dict:
@@ -32,9 +70,7 @@ def train_for(out: Path, config: str | Path, minutes: float, overrides: list[str
 def train_process(out: Path, config: str | Path, minutes: float, overrides: list[str]) -> dict:
     """:func:`train_for` in a process of its own (`difflab train`), so its peak memory is its own."""
     if not io.is_finished(out):
-        cmd = train_command(out, config, minutes, overrides)
-        print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
+        run_process(train_command(out, config, minutes, overrides))
     return run_summary(out)
 
 
@@ -49,16 +85,12 @@ def train_in_parallel(jobs: list[tuple[Path, str | Path, float, list[str]]], par
     """:func:`train_process` of each job (out, config, minutes, overrides), ``parallel`` at a time, each process on
     cores // parallel threads (OMP_NUM_THREADS), so that equal budgets get equal shares of the machine; finished
     runs are reused."""
-    import os
-
     threads = str(max(1, (os.cpu_count() or 1) // parallel))
     todo = [job for job in jobs if not io.is_finished(job[0])]
     env = {**os.environ, "OMP_NUM_THREADS": threads, "TQDM_DISABLE": "1"}
     for start in range(0, len(todo), parallel):
-        procs = []
-        for out, config, minutes, overrides in todo[start:start + parallel]:
-            cmd = train_command(out, config, minutes, overrides)
+        cmds = [train_command(out, config, minutes, overrides) for out, config, minutes, overrides in
+                todo[start:start + parallel]]
+        for cmd in cmds:
             print(f"$ OMP_NUM_THREADS={threads}", " ".join(cmd), flush=True)
-            procs.append(subprocess.Popen(cmd, env=env))
-        if any(p.wait() != 0 for p in procs):
-            raise SystemExit("a training run failed (see its output above)")
+        run_processes(cmds, env)
