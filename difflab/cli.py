@@ -184,6 +184,12 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
 
 
+def _add_prompt_length_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-max-length", type=_positive(int), metavar="L",
+                   help="tokens per prompt the text encoder reads (default: the run's model.text_max_length); "
+                        "a frozen MiniLM encoder reads longer prompts than it was trained with, up to 512")
+
+
 def _add_condition_flags(p: argparse.ArgumentParser) -> None:
     """The condition flags of every kind of run (each kind's ``Run.add_flags``), remembering whose is whose."""
     from difflab.tasks import run_classes
@@ -225,6 +231,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                    help=f"number of samples (default {DEFAULT_SAMPLES}); with --prompt/--prompts, images per prompt "
                         "(default 8)")
     _add_condition_flags(p)
+    _add_prompt_length_flag(p)
     p.add_argument("--out", help="output path (default RUN/samples/<sampler>-<steps>.png)")
     _add_sampling_flags(p)
     p.set_defaults(func=cmd_sample)
@@ -259,6 +266,8 @@ def _generate(args: argparse.Namespace, n: int | None, verb: str = "sample", che
 
     run = sampling_run(args.run, _device(args.device), verb=verb)
     _check_condition_flags(args, run)
+    if getattr(args, "text_max_length", None) is not None:  # only `difflab sample` has the flag
+        run.set_text_max_length(args.text_max_length)
     if check is not None:
         check(run)
     req = run.request(args, n, DEFAULT_SAMPLES)

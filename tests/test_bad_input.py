@@ -116,6 +116,10 @@ CASES = [
     case("sample", "a prompt for a class-conditional run", "sample {run} --prompt cat", "cannot be used"),
     case("sample", "a prompts file that is not UTF-8", "sample {t2i} --prompts {f}/latin1.txt", "is not UTF-8"),
     case("sample", "a prompts file that does not exist", "sample {t2i} --prompts {f}/nope.txt", "not found"),
+    case("sample", "a longer prompt length for an encoder that learned its positions",
+         "sample {t2i} --text-max-length 40", "retrain with model.text_max_length=40"),
+    case("sample", "a prompt length for a run without prompts", "sample {run} --text-max-length 40",
+         "no text encoder"),
     case("sample", "a device PyTorch does not know", "sample {run} --device tpu", "cannot be used here"),
     case("sample", "CUDA on a machine without it", "sample {run} --device cuda", "CUDA is not available"),
     # fid

@@ -191,6 +191,7 @@ def test_cascade_shapes(cascade_run):
     assert s.data.shape == (2, 64, 64, 3) and s.data.dtype == np.uint8 and list(s.conditions["prompts"]) == PROMPTS
     up = run.upscale(LowResolution(low.data, PROMPTS), steps=2, progress=False)
     assert up.shape == (2, 64, 64, 3)
+    assert run.base.model.text_encoder in run.text_encoders()  # --text-max-length reaches the base's prompts
 
 
 def test_runs_threshold_their_guided_estimate(cascade_run):

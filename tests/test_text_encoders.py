@@ -245,3 +245,35 @@ def test_minilm_reads_the_chosen_layer(minilm: MiniLMEncoder) -> None:
     assert not torch.allclose(early.tokenize(CAPTIONS)["context"], minilm.tokenize(CAPTIONS)["context"])
     with pytest.raises(UserError, match="text_layer=7"):
         MiniLMEncoder(max_length=L, layer=7)
+
+
+# --- reading longer prompts after training (difflab sample --text-max-length) ---
+
+def test_minilm_reads_longer_prompts_once_its_length_is_raised() -> None:
+    long = " ".join(["a small red circle"] * 5)
+    n = len(MiniLMEncoder(max_length=L).hf_tokenizer(long)["input_ids"])  # [CLS] 20 words [SEP]
+    enc = MiniLMEncoder(max_length=L)
+    with pytest.warns(UserWarning, match="--text-max-length"):
+        cut = enc.tokenize([long])
+    enc.set_max_length(n + 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no truncation now
+        whole = enc.tokenize([long])
+    assert whole["context"].shape == (1, n + 4, 384) and int(whole["context_mask"].sum()) == n
+    with torch.no_grad():
+        expected = enc.model(**enc.hf_tokenizer([long], return_tensors="pt")).last_hidden_state  # (1, n, 384)
+    torch.testing.assert_close(whole["context"][:, :n], expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(whole["pooled"], cut["pooled"])  # the states cut at L were not served from the cache
+    for bad in (1, 513):
+        with pytest.raises(UserError, match="2 to 512 tokens"):
+            enc.set_max_length(bad)
+
+
+def test_encoders_with_learned_positions_refuse_a_new_length(tokenizer: WordTokenizer) -> None:
+    scratch = build_text_encoder("scratch", texts=CAPTIONS, width=16, layers=1, heads=2, max_length=L)
+    with pytest.raises(UserError, match=f"learned {L} positions in training.*model.text_max_length=32"):
+        scratch.set_max_length(32)
+    clip = ClipTextEncoder(StandInClip(tokenizer.vocab_size, 8), tokenizer, max_length=L, dim=8, pooled_dim=8)
+    with pytest.raises(UserError, match="retrain the CLIP with clip.max_length=32"):
+        clip.set_max_length(32)
+    assert scratch.max_length == clip.max_length == L

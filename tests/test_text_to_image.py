@@ -117,6 +117,12 @@ def test_unknown_words_and_long_prompts(t2i_run):
     assert any("truncated" in str(w.message) for w in caught)
 
 
+def test_a_scratch_encoder_cannot_read_longer_prompts_after_training(t2i_run, capsys):
+    assert main(["sample", str(t2i_run), "--steps", "2", "--text-max-length", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "retrain with model.text_max_length=32" in err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--class", "1"], "--prompt"),
     (["--prompts", "/nonexistent/prompts.txt"], "not found"),
@@ -132,6 +138,8 @@ def test_prompt_on_a_class_run_is_an_error(tmp_path, capsys):
     assert main(["train", "--out", str(run), "--no-progress", "--max-steps", "1", "--set", *TINY]) == 0
     assert main(["sample", str(run), "--prompt", "a cat", "--steps", "2"]) == 2
     assert "--prompt" in capsys.readouterr().err
+    assert main(["sample", str(run), "--steps", "2", "--text-max-length", "32"]) == 2
+    assert "no text encoder, so --text-max-length does not apply" in capsys.readouterr().err
 
 
 def test_captionless_data_is_an_error():
@@ -149,6 +157,13 @@ def test_minilm_encoder_trains_and_stays_out_of_checkpoints(tmp_path):
     loaded = load_run(run)
     images = loaded.sample(2, cond=PROMPTS, steps=2, guidance=2.0, progress=False).data
     assert images.shape == (2, 32, 32, 3)
+    long = "a really rather large and bright red circle placed right in the very middle of the whole picture"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["sample", str(run), "--prompt", long, "--n", "1", "--steps", "2", "--text-max-length", "32",
+                     "--out", str(tmp_path / "long.png")]) == 0  # a frozen MiniLM reads past model.text_max_length
+    assert not [w for w in caught if "truncated" in str(w.message)]
+    assert main(["sample", str(run), "--prompt", long, "--steps", "2", "--text-max-length", "600"]) == 2
 
 
 def test_shapes_config_is_the_demo_default():

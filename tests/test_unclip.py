@@ -170,6 +170,8 @@ def test_sample_runs_text_prior_decoder(unclip_run, tmp_path, capsys):
     capsys.readouterr()
     assert main([*guided[:-1], "0", "--out", str(tmp_path / "no.npz")]) == 2
     assert "prior's steps must be positive" in capsys.readouterr().err and not (tmp_path / "no.npz").exists()
+    assert main([*guided, "--text-max-length", "40"]) == 2  # CLIP's text tower learned its positions
+    assert "retrain the CLIP with clip.max_length=40" in capsys.readouterr().err
     assert Image.open(tmp_path / "g.png").size[0] > 16
     assert main(["sample", str(unclip_run / "prior"), "--prompt", PROMPTS[1], "--n", "3",
                  "--out", str(tmp_path / "z.npz")]) == 0

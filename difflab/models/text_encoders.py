@@ -34,6 +34,7 @@ PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
 SPECIAL_TOKENS = (PAD, UNK, CLS)  # their ids are their positions: [PAD]=0, [UNK]=1, [CLS]=2
 PAD_ID, UNK_ID, CLS_ID = range(len(SPECIAL_TOKENS))
 CLS_POSITION = 0  # [CLS] leads every sequence; its final state is the pooled vector
+MIN_MINILM_TOKENS = 2  # [CLS] and [SEP]
 EMBED_INIT_STD = 0.02  # std of the token and position embeddings at init (GPT-2, CLIP)
 WORD_PATTERN = re.compile(r"\w+|[^\w\s]")  # a run of word characters, or one punctuation mark
 
@@ -43,13 +44,13 @@ def split_words(text: str) -> list[str]:
     return WORD_PATTERN.findall(text.lower())
 
 
-def warn_truncated(texts: Sequence[str], lengths: Sequence[int], max_length: int) -> None:
-    """One warning naming the first caption whose ``lengths`` (in tokens) exceed ``max_length``."""
+def warn_truncated(texts: Sequence[str], lengths: Sequence[int], max_length: int,
+                   fix: str = "raise model.text_max_length to keep them whole") -> None:
+    """One warning naming the first caption whose ``lengths`` (in tokens) exceed ``max_length`` (and ``fix``)."""
     too_long = [t for t, n in zip(texts, lengths) if n > max_length]
     if too_long:
         warnings.warn(f"{len(too_long)} caption(s) longer than the text encoder's limit, first {too_long[0]!r}: "
-                      f"truncated to {max_length} tokens (raise model.text_max_length to keep them whole)",
-                      stacklevel=3)
+                      f"truncated to {max_length} tokens ({fix})", stacklevel=3)
 
 
 class WordTokenizer:
@@ -192,6 +193,12 @@ class TextEncoder(nn.Module):
     def forward(self, **tokenized: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Tokenized captions -> (context (B, L, dim), context_mask (B, L) bool, pooled (B, pooled_dim))."""
         raise NotImplementedError
+
+    def set_max_length(self, max_length: int) -> None:
+        """Read up to ``max_length`` tokens per caption from now on (a trained run, at sampling time). Only an
+        encoder whose positions are not weights learned in training can; the others refuse in one line."""
+        raise UserError(f"the {self.kind} text encoder learned {self.max_length} positions in training, so it "
+                        f"cannot read {max_length} tokens per prompt: retrain with model.text_max_length={max_length}")
 
 
 class ScratchTextEncoder(TextEncoder):
@@ -340,10 +347,24 @@ class MiniLMEncoder(FrozenTextEncoder):
         super().__init__(model, hidden, hidden, max_length)
         self.hf_tokenizer, self.layer = hf_tokenizer, layer
 
+    def set_max_length(self, max_length: int) -> None:
+        """Read up to ``max_length`` tokens per caption ([CLS] and [SEP] included): MiniLM's positions are
+        pretrained up to its ``max_position_embeddings``, and the denoiser's cross-attention reads any number of
+        context vectors, so a trained run can read longer prompts than it was trained on."""
+        limit = self.model.config.max_position_embeddings
+        if not MIN_MINILM_TOKENS <= max_length <= limit:
+            raise UserError(f"MiniLM reads {MIN_MINILM_TOKENS} to {limit} tokens per prompt ([CLS] and [SEP] "
+                            f"included), not {max_length}: pick a length in that range")
+        if max_length != self.max_length:
+            self.max_length = max_length
+            self.shared.cache.clear()  # cached states were cut at the old length
+
     def encode_batch(self, texts: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
         """(states (B, L, 384), mask (B, L) bool, pooled (B, 384) unit vectors)."""
         texts = list(texts)
-        warn_truncated(texts, [len(ids) for ids in self.hf_tokenizer(texts)["input_ids"]], self.max_length)
+        warn_truncated(texts, [len(ids) for ids in self.hf_tokenizer(texts)["input_ids"]], self.max_length,
+                       "pass a larger --text-max-length to `difflab sample`, or raise model.text_max_length, to "
+                       "keep them whole")
         batch = self.hf_tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
                                   return_tensors="pt")
         out = self.model(**batch, output_hidden_states=self.layer >= 0)
@@ -371,6 +392,10 @@ class ClipTextEncoder(FrozenTextEncoder):
         self.tokenizer = tokenizer
         if isinstance(clip_model, nn.Module):
             clip_model.eval().requires_grad_(False)
+
+    def set_max_length(self, max_length: int) -> None:
+        raise UserError(f"the clip text encoder learned {self.max_length} positions in its CLIP run, so it cannot "
+                        f"read {max_length} tokens per prompt: retrain the CLIP with clip.max_length={max_length}")
 
     @classmethod
     def from_clip(cls, cfg: Any, model: nn.Module, tokenizer: WordTokenizer) -> ClipTextEncoder:

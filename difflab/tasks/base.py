@@ -207,6 +207,15 @@ class Run(Protocol):
         """The sections of ``difflab report`` for this run, in page order."""
         ...
 
+    def text_encoders(self) -> list[nn.Module]:
+        """The run's text encoders (``difflab.models.text_encoders.TextEncoder``; none for a kind without prompts)."""
+        ...
+
+    def set_text_max_length(self, max_length: int) -> None:
+        """Let every text encoder read up to ``max_length`` tokens per prompt (``--text-max-length``), or one
+        line when one cannot (its positions are learned weights) or the run has none."""
+        ...
+
     def grid_rows(self, rows: int, seed: int) -> list[GridRow]:
         """The rows of a report's sample grid: one per class, prompt or seed."""
         ...
@@ -317,6 +326,19 @@ class RunBase:
 
     def nll(self, n: int, **_: Any) -> dict[str, Any]:
         raise self._cannot("likelihood bound on held-out images (`difflab eval --nll`)")
+
+    def text_encoders(self) -> list[nn.Module]:
+        from difflab.models.text_encoders import TextEncoder
+
+        model = getattr(self, "model", None)
+        return [m for m in model.modules() if isinstance(m, TextEncoder)] if isinstance(model, nn.Module) else []
+
+    def set_text_max_length(self, max_length: int) -> None:
+        encoders = self.text_encoders()
+        if not encoders:
+            raise self._cannot("text encoder, so --text-max-length does not apply")
+        for encoder in encoders:
+            encoder.set_max_length(max_length)
 
     def grid_rows(self, rows: int, seed: int) -> list[GridRow]:
         return []

@@ -138,6 +138,11 @@ class CascadeRun(SuperResolutionRun):
     def grid_rows(self, rows: int, seed: int) -> list[GridRow]:
         return TextToImageRun.grid_rows(self, rows, seed)
 
+    def text_encoders(self) -> list[nn.Module]:
+        """The base run's text encoder, and the upsampler's when it reads the prompt too."""
+        assert self.base is not None, "load the cascade with CascadeRun.load"
+        return [*self.base.text_encoders(), *super().text_encoders()]
+
     def request(self, args: argparse.Namespace, n: int | None, default_n: int) -> SampleRequest:
         """As text-to-image's (``--prompt``, ``--prompts``), with ``--aug-level`` and ``--sr-steps``."""
         return replace(TextToImageRun.request(self, args, n, default_n), options=self.flag_options(args))

@@ -36,6 +36,7 @@ from difflab.evaluate.clip_score import (clip_eval, clip_score_from_embeddings, 
                                          embed_texts, retrieval_from_embeddings)
 from difflab.evaluate.fid import fixed_subset
 from difflab.models.prior import PriorMLP, scaled_embedding
+from difflab.models.text_encoders import ClipTextEncoder
 from difflab.paths import atomic_path
 from difflab.schedules import Schedule, schedule_from_config
 from difflab.tasks import stage_folder
@@ -181,6 +182,10 @@ class PriorRun(GaussianRunBase):
     task = "prior"
     outputs: ClassVar[dict[str, str]] = {".npz": "a .npz of embeddings"}
     add_flags = staticmethod(TextToImageRun.add_flags)  # --prompt / --prompts, as text-to-image runs
+
+    def text_encoders(self) -> list[nn.Module]:
+        """CLIP's text tower, which encodes the prompts the prior is conditioned on."""
+        return [ClipTextEncoder.from_clip(self.clip.config, self.clip.model, self.clip.tokenizer)]
     request = TextToImageRun.request
 
     def __init__(self, folder: Path, config: Config, model: nn.Module, checkpoint: Path, clip: ClipRun) -> None:

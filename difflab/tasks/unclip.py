@@ -284,6 +284,10 @@ class UnclipRun(TextToImageRun):
     task = "unclip"
     flags_of = (TextToImageRun,)  # --prompt / --prompts, besides its own --prior-guidance / --prior-steps
 
+    def text_encoders(self) -> list[nn.Module]:
+        """CLIP's text tower (the prior's prompts, and the decoder's with ``prior.decoder_text``)."""
+        return self.prior.text_encoders()
+
     def __init__(self, folder: Path, config: Config, model: nn.Module, checkpoint: Path, clip: ClipRun,
                  prior: PriorRun, upsampler: SuperResolutionRun | None = None) -> None:
         super().__init__(folder, config, model, checkpoint)
