@@ -83,9 +83,13 @@ def wordings(n: int) -> tuple[np.ndarray, dict[str, list[str]]]:
                    "test": worded(attrs, "test", WORDING_SEED)}
 
 
-def score(run: Path, attrs: np.ndarray, prompts: list[str], guidance: float | None = None) -> dict:
-    """Attribute accuracy of one image per prompt (seed BENCH_SEED)."""
+def score(run: Path, attrs: np.ndarray, prompts: list[str], guidance: float | None = None,
+          text_max_length: int | None = None) -> dict:
+    """Attribute accuracy of one image per prompt (seed BENCH_SEED), the prompts read up to ``text_max_length``
+    tokens (None: the run's ``model.text_max_length``)."""
     loaded = sampling_run(run)
+    if text_max_length is not None:
+        loaded.set_text_max_length(text_max_length)
     t0 = time.perf_counter()
     images = loaded.sample(len(prompts), cond=prompts, guidance=guidance, seed=BENCH_SEED, progress=False).data
     acc = attribute_accuracy(images, attrs)
@@ -147,6 +151,8 @@ def main() -> None:
                    help=f"which prompts to score ({PLACED}: only test words MiniLM places nearest their value)")
     p.add_argument("--folder", type=Path, default=ROOT / "bench" / "results" / "t2i-words")
     p.add_argument("--name", default="t2i-words", help="results bench/results/<name>-<date>.json")
+    p.add_argument("--text-max-length", type=int, metavar="L",
+                   help="score with prompts read up to L tokens (a frozen MiniLM's runs; default: each run's own)")
     p.add_argument("--table", type=Path, nargs="+", metavar="RESULTS",
                    help="only print the table of stored results files (rows of the same trial merged)")
     args = p.parse_args()
@@ -173,12 +179,13 @@ def main() -> None:
         summary = run_summary(out) if args.score_only else train_process(out, CONFIG, args.minutes, TRIALS[name])
         row = {"trial": name, "overrides": TRIALS[name], **summary}
         for w, (a, texts) in sets.items():
-            row[w] = score(out, a, texts)
+            row[w] = score(out, a, texts, text_max_length=args.text_max_length)
         rows.append(row)
         print(table(rows[-1:]), flush=True)
     date = datetime.date.today().isoformat()
     res = {"date": date, "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
            "torch": torch.__version__, "n": args.n, "minutes": args.minutes, "config": str(CONFIG.relative_to(ROOT)),
+           "text_max_length": args.text_max_length,
            "seeds": {"combinations": BENCH_SEED, "wording": WORDING_SEED},
            "rule": {"margin": RULE_MARGIN, "grammar_at_least": RULE_GRAMMAR}, "vocabulary": vocab,
            "examples": {w: texts[:8] for w, (_, texts) in sets.items()}, "rows": rows}
