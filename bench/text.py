@@ -1,4 +1,4 @@
-"""Text: the five methods of task text on one corpus, at the same parameter count and the same CPU budget:
+"""Text: the methods of task text on one corpus, at the same parameter count and the same CPU budget:
 
     python bench/text.py --corpus bible --minutes 20 --parallel 2      # train the five shipped configs, then score
     python bench/text.py --corpus bible --score-only
@@ -50,7 +50,8 @@ from runs import run_summary, train_in_parallel  # noqa: E402
 
 SEED = 20261202
 STEPS = {"masked": (4, 8, 16, 32, 64, 128), "mask-predict": (8, 32, 128), "uniform": (8, 32, 128),
-         "embedding": (8, 32, 128), "autoregressive": (None,)}  # None: one step per token
+         "embedding": (8, 32, 128), "autoregressive": (None,),  # None: one step per token
+         "block": (16, 32, 64, 128)}  # block: at least one step per block (16 blocks of 16 at length 256)
 CONFIDENCE_SAMPLER, CONFIDENCE_STEPS = "mask-predict", STEPS["masked"]  # the masked run's confidence-order rows
 TIMED_STEPS = 32  # the diffusion methods' steps in the timing and infilling rows
 

@@ -70,7 +70,7 @@ class WordsConfig:
     vocoder: str | None = None  # the vocoder run (`task: vocoder`) that turns the drawn log-mels into waveforms
 
 
-TEXT_METHODS = ("masked", "uniform", "embedding", "mask-predict", "autoregressive")
+TEXT_METHODS = ("masked", "uniform", "embedding", "mask-predict", "autoregressive", "block")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,8 @@ class TextConfig:
     """Text (``task: text``; :mod:`difflab.tasks.text`): the corpus of ``data.name`` (bible | fortunes | text-file),
     its tokens, one transformer for every method, and each method's noise."""
 
-    # masked (MDLM) | uniform (D3PM) | embedding (Diffusion-LM) | mask-predict (CMLM) | autoregressive (baseline)
+    # masked (MDLM) | uniform (D3PM) | embedding (Diffusion-LM) | mask-predict (CMLM) | autoregressive (baseline) |
+    # block (BD3-LM: masked inside blocks of text.block_size tokens, autoregressive across them)
     method: str = checked("masked", one_of(*TEXT_METHODS))
     tokenizer: str = checked("char", one_of("char", "bpe"))  # bpe: trained on the corpus, saved in the run
     vocab_size: int = checked(1024, at_least(260))  # bpe only: merges up to this many tokens (256 bytes + merges)
@@ -106,6 +107,7 @@ class TextConfig:
     # masked, estimator count: k drawn with probability proportional to k^-gamma and reweighted (importance
     # sampling of the same bound) in training; the measured bound always draws k ~ U{1..L}; 0 = k ~ U{1..L}
     count_gamma: float = checked(0.0, NON_NEGATIVE)
+    block_size: int = checked(16, POSITIVE)  # block: L', tokens per block, dividing text.length (1 = autoregressive)
     embed_dim: int = checked(16, POSITIVE)  # embedding: the space the Gaussian diffusion runs in
     rounding_weight: float = checked(1.0, NON_NEGATIVE)  # embedding: weight of the rounding loss -log p(w | x0_hat)
     label_drop_prob: float = checked(0.1, UNIT_INTERVAL)  # labels: category dropped to the null while training

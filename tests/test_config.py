@@ -7,8 +7,8 @@ from dataclasses import fields, is_dataclass
 import pytest
 import yaml
 
-from difflab.config import (EXAMPLE, RULE, Config, DiffusionConfig, apply_overrides, default_beta_end, dump_config,
-                            from_dict, load_config, to_dict)
+from difflab.config import (EXAMPLE, RULE, TEXT_METHODS, Config, DiffusionConfig, apply_overrides, default_beta_end,
+                            dump_config, from_dict, load_config, to_dict)
 from difflab.errors import UserError
 from difflab.models.unet import check_resolution
 from difflab.tasks import resolve
@@ -46,10 +46,22 @@ def test_missing_file_is_a_user_error(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("name", ["digits.yaml", "fashion_mnist.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / name)
     assert isinstance(cfg, Config)
+
+
+def test_the_text_configs_share_the_network_and_the_budget():
+    """BENCHMARKS.md compares the text methods at the same parameter count and budget: their configs say so."""
+    from difflab.tasks.text_methods import text_method
+
+    configs = {p.stem: load_config(p) for p in (ROOT / "configs").glob("text_*.yaml")}
+    assert sorted(c.text.method for c in configs.values()) == sorted(TEXT_METHODS)
+    V = 73  # the Bible's characters
+    sizes = {name: sum(q.numel() for q in text_method(c, V).build().parameters()) for name, c in configs.items()}
+    assert max(sizes.values()) / min(sizes.values()) < 1.05, sizes
+    assert {(c.text.length, c.train.max_minutes, c.train.batch_size) for c in configs.values()} == {(256, 20, 32)}
 
 
 def test_builtin_default_is_configs_digits():

@@ -18,7 +18,8 @@ from difflab.tasks.text_methods import METHODS
 TINY_TEXT = ["task=text", "data.name=text-file", "text.length=24", "text.width=32", "text.depth=1", "text.heads=2",
              "text.test_fraction=0.2", "text.timesteps=50", "diffusion.timesteps=50", "train.batch_size=8",
              "train.lr=3e-3", "train.warmup_steps=2", "train.log_every=2", "train.max_minutes=null",
-             "train.max_steps=6", "train.checkpoint_every=6", "sample.steps=4", "sample.batch_size=8"]
+             "train.max_steps=6", "train.checkpoint_every=6", "sample.steps=4", "sample.batch_size=8",
+             "text.block_size=8"]  # block: three blocks of 8
 VERSES = ["In the beginning the cat sat on the mat.", "The dog ran to the park and back again.",
           "A bird sang in the tall green tree all day.", "The sun rose over the quiet hills at dawn.",
           "Rain fell softly on the roof of the old barn.", "The fox jumped over the lazy brown dog twice."]
@@ -72,12 +73,14 @@ def test_infilling_keeps_the_prefix_and_suffix_exactly(runs, method):
         assert text.startswith("The cat") and text.endswith("day.") and len(text) >= len("The catday.")
 
 
-def test_the_autoregressive_run_continues_a_prefix_and_refuses_a_suffix(runs, capsys):
-    loaded = load_run(runs["autoregressive"])
-    assert all(t.startswith("The dog") for t in loaded.sample(2, cond=TextCondition(prefix="The dog"),
-                                                              progress=False).data)
-    assert main(["sample", str(runs["autoregressive"]), "--n", "1", "--suffix", "end."]) == 2
-    assert "cannot fill before a suffix" in capsys.readouterr().err
+@pytest.mark.parametrize("method", ["autoregressive", "block"])
+def test_a_left_to_right_run_continues_a_prefix_and_refuses_a_suffix(runs, method, capsys):
+    loaded = load_run(runs[method])
+    assert all(t.startswith("The dog ran") for t in loaded.sample(2, cond=TextCondition(prefix="The dog ran"),
+                                                                  progress=False).data)
+    assert main(["sample", str(runs[method]), "--n", "1", "--suffix", "end."]) == 2
+    err = capsys.readouterr().err
+    assert "cannot fill before a suffix" in err and "block" not in err.split("infills")[1]
 
 
 def test_samples_are_scored_by_the_autoregressive_run(runs, tmp_path):

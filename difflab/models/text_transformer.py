@@ -117,14 +117,21 @@ class RotarySelfAttention(nn.Module):
         self.to_qkv = nn.Linear(width, 3 * width)
         self.proj_out = nn.Linear(width, width)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor,
-                past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, past: tuple[Tensor, Tensor] | None = None,
+                mask: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """x (B, L, D) at positions P .. P+L-1, cos/sin (L, D/H) of those positions, past (keys, values)
-        (B, H, P, D/H) of positions 0 .. P-1 -> (out (B, L, D), (keys, values) (B, H, P+L, D/H))."""
+        (B, H, P, D/H) of positions 0 .. P-1 -> (out (B, L, D), (keys, values) (B, H, P+L, D/H)). ``mask``
+        (L, L) bool, True = query i reads key j, replaces the bidirectional pattern (no ``past``, not causal)."""
         B, L, D = x.shape
         qkv = self.to_qkv(x).reshape(B, L, 3, self.heads, D // self.heads)  # (B, L, 3, H, D/H)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, H, L, D/H) each
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # (B, H, L, D/H)
+        if mask is not None:
+            if self.causal or past is not None:
+                raise ValueError("an attention mask replaces the bidirectional pattern: not with causal=True or "
+                                 "a KV cache")
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, L, D/H)
+            return self.proj_out(out.transpose(1, 2).reshape(B, L, D)), (k, v)  # (B, L, D)
         mask, is_causal = None, self.causal and past is None
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, P+L, D/H)
@@ -164,16 +171,17 @@ class TextBlock(nn.Module):
                            if modulated else None)
 
     def forward(self, x: Tensor, c: Tensor | None, cos: Tensor, sin: Tensor,
-                past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x (B, L, D), c (B, D) or None, cos/sin (L, D/H), past cached (keys, values)
-        -> (x (B, L, D), (keys, values) (B, H, P+L, D/H))."""
+                past: tuple[Tensor, Tensor] | None = None,
+                mask: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x (B, L, D), c (B, D) or None, cos/sin (L, D/H), past cached (keys, values), mask (L, L) bool
+        (:class:`RotarySelfAttention`) -> (x (B, L, D), (keys, values) (B, H, P+L, D/H))."""
         if self.modulation is None:
-            a, kv = self.attn(self.norm1(x), cos, sin, past)  # (B, L, D)
+            a, kv = self.attn(self.norm1(x), cos, sin, past, mask)  # (B, L, D)
             x = x + self.dropout(a)  # (B, L, D)
             return x + self.dropout(self.mlp(self.norm2(x))), kv  # (B, L, D)
         mods = self.modulation(c).chunk(MODULATIONS_PER_BLOCK, dim=-1)  # (B, D) each
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
-        a, kv = self.attn(_modulate(self.norm1(x), shift_a, scale_a), cos, sin, past)  # (B, L, D)
+        a, kv = self.attn(_modulate(self.norm1(x), shift_a, scale_a), cos, sin, past, mask)  # (B, L, D)
         x = x + gate_a[:, None] * self.dropout(a)  # (B, L, D)
         m = self.mlp(_modulate(self.norm2(x), shift_m, scale_m))  # (B, L, D)
         return x + gate_m[:, None] * self.dropout(m), kv  # (B, L, D)
@@ -258,16 +266,18 @@ class TextTransformer(nn.Module):
         return count_parameters(self)
 
     # -- inputs and conditioning --------------------------------------------------------------------
-    def _embed_input(self, x: Tensor, start: int = 0) -> Tensor:
-        """Check x and embed it: (B, L) ids or (B, L, D_in) vectors at positions start .. -> (B, L, D)."""
+    def _embed_input(self, x: Tensor, start: int = 0, last: int | None = None) -> Tensor:
+        """Check x and embed it: (B, L) ids or (B, L, D_in) vectors at positions start .. (``last``: the largest
+        position when they are not consecutive) -> (B, L, D)."""
         if self.vocab_in is not None:
             if x.ndim != 2 or x.is_floating_point():
                 raise ValueError(f"this TextTransformer reads token ids (B, L) int64, got {x.dtype} "
                                  f"{tuple(x.shape)}")
         elif x.ndim != 3 or x.shape[-1] != self.input_dim:
             raise ValueError(f"this TextTransformer reads vectors (B, L, {self.input_dim}), got {tuple(x.shape)}")
-        if start + x.shape[1] > self.max_length:
-            raise ValueError(f"positions up to {start + x.shape[1]} exceed max_length {self.max_length}: "
+        end = start + x.shape[1] if last is None else last + 1
+        if end > self.max_length:
+            raise ValueError(f"positions up to {end} exceed max_length {self.max_length}: "
                              f"build the model with a larger max_length")
         if self.vocab_in is not None:
             return self.input(x.long())  # (B, L, D)
@@ -311,7 +321,8 @@ class TextTransformer(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------
     def forward(self, x: Tensor, t: Tensor | None = None, labels: Tensor | None = None, *,
-                drop: Tensor | None = None) -> Tensor:
+                drop: Tensor | None = None, positions: Tensor | None = None,
+                attn_mask: Tensor | None = None) -> Tensor:
         """Run the whole sequence.
 
         Args:
@@ -320,16 +331,23 @@ class TextTransformer(nn.Module):
             labels: (B,) int64 classes in [0, num_classes), -1 = none; None = none for all.
             drop: (B,) bool, True = use the null label for that sample (the unconditional branch of
                 classifier-free guidance, as the Gaussian core's ``drop``).
+            positions: (L,) int64 position of each element for RoPE (None: 0 .. L-1); a sequence may hold a
+                position twice (block diffusion reads the noised and the clean copy of each token).
+            attn_mask: (L, L) bool, True = element i attends to element j (None: all, or causal); a bidirectional
+                model only.
 
         Returns:
             (B, L, V_out) logits or (B, L, D_out) vectors.
         """
         B, L = x.shape[:2]
-        h = self._embed_input(x)  # (B, L, D)
+        h = self._embed_input(x, last=None if positions is None else int(positions.max()))  # (B, L, D)
         c = self._condition(t, labels, drop, B, h.device)  # (B, D) or None
-        cos, sin = self.rope_cos[:L].to(h.dtype), self.rope_sin[:L].to(h.dtype)  # (L, D/H) each
+        if positions is None:
+            cos, sin = self.rope_cos[:L].to(h.dtype), self.rope_sin[:L].to(h.dtype)  # (L, D/H) each
+        else:
+            cos, sin = self.rope_cos[positions].to(h.dtype), self.rope_sin[positions].to(h.dtype)  # (L, D/H) each
         for block in self.blocks:
-            h, _ = block(h, c, cos, sin)  # (B, L, D)
+            h, _ = block(h, c, cos, sin, mask=attn_mask)  # (B, L, D)
         return self._output(h, c)  # (B, L, V_out | D_out)
 
     def forward_step(self, x_new: Tensor, cache: KVCache | None = None,

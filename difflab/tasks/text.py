@@ -208,8 +208,10 @@ class TextRun(RunBase):
         if not cond.prefix and not cond.suffix:
             return None
         if cond.suffix and not self.method.infills:
+            from difflab.tasks.text_methods import infilling_methods
+
             raise UserError(f"a {self.method.name} text run continues a prefix but cannot fill before a suffix: drop "
-                            "--suffix, or sample a diffusion run (masked, uniform, embedding, mask-predict)")
+                            f"--suffix, or sample a run that infills ({infilling_methods()})")
         L = self.config.text.length
         pre, suf = self.encode_exact(cond.prefix, "prefix"), self.encode_exact(cond.suffix, "suffix")
         if len(pre) + len(suf) >= L:

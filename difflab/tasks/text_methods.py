@@ -12,6 +12,8 @@ method              what it is
 ``mask-predict``    the conditional masked LM of Mask-Predict (Ghazvininejad et al. 2019), decoded by re-masking
                     the least confident tokens; its bound is the masked ELBO of the same network
 ``autoregressive``  the baseline a user would otherwise train: the same transformer, causal, a KV cache
+``block``           block diffusion, BD3-LM (Arriola et al. 2025): masked diffusion inside blocks of L' tokens,
+                    autoregressive across them, in one pass through a block attention mask
 ==================  ==========================================================================================
 
 Token ids: the corpus's tokens are 0..V-1; ``MASK = V`` (masked, mask-predict) and ``BOS = V`` (autoregressive) are
@@ -177,6 +179,47 @@ class MaskPredict(Masked):
         return cmlm_loss(network_call(model), x0, self.mask_id, cond=label_cond(labels), generator=generator).mean()
 
 
+class Block(Masked):
+    """Block diffusion (BD3-LM, Arriola et al. 2025): masked diffusion inside blocks of ``text.block_size``
+    tokens, autoregressive across them (:mod:`difflab.discrete.block`); the same transformer, bidirectional, read
+    through a block attention mask. Time-free, as MDLM; continues a prefix but does not infill."""
+
+    name = "block"
+    samplers = ("ancestral",)
+    infills = False
+
+    def build(self) -> nn.Module:
+        from difflab.discrete.block import check_blocks
+
+        check_blocks(self.cfg.text.length, self.cfg.text.block_size)
+        if self.time_conditioning:
+            raise UserError("text.method=block is time-free (its in-block sampler reuses unchanged logits, as "
+                            "MDLM's): set text.time_conditioning=false")
+        return self.transformer(vocab_in=self.V + 1, vocab_out=self.V + 1, time_conditioning=False)
+
+    def nelbo(self, model, x0, labels, generator, gamma: float = 0.0):
+        """The bound as measured: counts k ~ U{1..L'} per block (gamma 0), whatever the training proposal."""
+        from difflab.discrete.block import block_nelbo
+
+        return block_nelbo(block_call(model), x0, self.mask_id, self.cfg.text.block_size, cond=label_cond(labels),
+                           generator=generator, antithetic=self.cfg.text.antithetic, gamma=gamma)
+
+    def sample(self, model, n, labels, *, sampler, steps, fixed, generator, progress, temperature=1.0,
+               top_p=1.0):
+        from difflab.discrete.block import sample_block
+
+        self.check_sampler(sampler)
+        return sample_block(block_call(model), (n, self.cfg.text.length), self.schedule, steps, self.mask_id,
+                            self.cfg.text.block_size, cond=label_cond(labels), generator=generator, fixed=fixed,
+                            progress=progress, temperature=temperature, top_p=top_p)
+
+
+def block_call(net: nn.Module):
+    """``net`` as the block family's contract ``model(tokens, positions, attn_mask, cond) -> logits``."""
+    return lambda tokens, positions, attn_mask, cond: net(tokens, None, positions=positions, attn_mask=attn_mask,
+                                                          **(cond or {}))
+
+
 # -- uniform transitions (D3PM) --------------------------------------------------------------------
 class Uniform(Scheduled, TextMethod):
     name = "uniform"
@@ -236,7 +279,7 @@ class Autoregressive(TextMethod):
             P = int(given[0].long().cumprod(0).sum())  # the given positions from the start
             if bool(given[:, P:].any()):
                 raise UserError("an autoregressive run continues a prefix but cannot fill before a suffix: "
-                                "drop --suffix, or sample a diffusion run (masked, uniform, embedding, mask-predict)")
+                                f"drop --suffix, or sample a run that infills ({infilling_methods()})")
             prefix = tokens[:, :P] if P else None
         return sample_autoregressive(model, n, self.cfg.text.length, bos=self.bos, labels=labels,
                                      generator=generator, prefix=prefix, progress=progress, temperature=temperature,
@@ -339,7 +382,13 @@ class Embedding(TextMethod):
         return tokens if fixed is None else torch.where(fixed[0], fixed[1], tokens)
 
 
-METHODS: dict[str, type[TextMethod]] = {m.name: m for m in (Masked, Uniform, Embedding, MaskPredict, Autoregressive)}
+METHODS: dict[str, type[TextMethod]] = {m.name: m for m in (Masked, Uniform, Embedding, MaskPredict, Autoregressive,
+                                                             Block)}
+
+
+def infilling_methods() -> str:
+    """The methods that fill between a prefix and a suffix, comma-separated (for error messages)."""
+    return ", ".join(name for name, method in METHODS.items() if method.infills)
 
 
 def text_method(cfg: Config, V: int, num_labels: int = 0) -> TextMethod:
