@@ -169,8 +169,11 @@ def main() -> None:
     rows = {r["system"]: r for r in res["rows"]}
     if "latent" in rows and "pixel" in rows:
         res["latent_speedup"] = rows["pixel"]["sec_per_image_shared"] / rows["latent"]["sec_per_image_shared"]
-    res["grid"] = str(comparison_grid(folders, args.grid.resolve()).relative_to(ROOT))
-    (args.out / f"{args.name}-{date}.json").write_text(json.dumps(res, indent=1))
+    results = args.out / f"{args.name}-{date}.json"
+    results.write_text(json.dumps(res, indent=1))  # the scores first: nothing after them can lose them
+    grid = comparison_grid(folders, args.grid.resolve())
+    res["grid"] = str(grid.relative_to(ROOT) if grid.is_relative_to(ROOT) else grid)
+    results.write_text(json.dumps(res, indent=1))
     print(table(res["rows"]))
     if "latent_speedup" in res:
         print(f"latent diffusion samples a 64x64 image {res['latent_speedup']:.2f}x faster than the pixel model "
