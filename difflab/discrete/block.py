@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from difflab.discrete.masked import count_proposal, draw_counts, random_subsets, subs_log_probs, token_nll
-from difflab.discrete.samplers import Fixed, SampleStats, check_fixed, sample_masked
+from difflab.discrete.samplers import Fixed, SampleStats, check_fixed, resolve_device, sample_masked
 from difflab.discrete.schedules import TokenSchedule
 from difflab.errors import UserError
 from difflab.samplers.common import steps_bar
@@ -128,8 +128,8 @@ def sample_block(model: BlockModel, shape: tuple[int, int], schedule: TokenSched
     if steps < 1:
         raise UserError(f"block sampling needs steps >= 1, got {steps}: pass a positive number of steps")
     per_block = max(1, round(steps / nb))
-    device = torch.device(device) if device is not None else (generator.device if generator is not None else None)
-    fixed = check_fixed(fixed, shape, mask_id, device or torch.device("cpu"))
+    device = resolve_device(device, generator)
+    fixed = check_fixed(fixed, shape, mask_id, device)
     x = torch.empty((B, 0), dtype=torch.long, device=device)  # the clean blocks so far
     for b in steps_bar(nb, "blocks", progress):
         prefix, start = x, b * block
