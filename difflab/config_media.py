@@ -100,12 +100,13 @@ class TextConfig:
     schedule: str = checked("log-linear", one_of("log-linear", "cosine"))  # masked, uniform: alpha(t)
     eps: float = checked(1e-3, OPEN_UNIT)  # alpha(1) = eps: the last time is not quite all noise
     timesteps: int = checked(1000, at_least(2))  # uniform: D3PM's T
-    antithetic: bool = True  # masked: low-discrepancy times in a batch (lower variance of the bound)
+    antithetic: bool = True  # masked, block: low-discrepancy times (counts) in a batch (lower variance)
     # masked: how the bound is estimated: time = MDLM's t ~ U[0, 1] and Bernoulli masks; count = its any-order form
     # (RADD): exactly k ~ U{1..L} tokens masked, weight L / k; the same bound, lower variance
     estimator: str = checked("time", one_of("time", "count"))
-    # masked, estimator count: k drawn with probability proportional to k^-gamma and reweighted (importance
-    # sampling of the same bound) in training; the measured bound always draws k ~ U{1..L}; 0 = k ~ U{1..L}
+    # masked with estimator count, and block (always the count form, per block): k drawn with probability
+    # proportional to k^-gamma and reweighted (importance sampling of the same bound) in training; the measured
+    # bound always draws k ~ U{1..L}; 0 = k ~ U{1..L}
     count_gamma: float = checked(0.0, NON_NEGATIVE)
     block_size: int = checked(16, POSITIVE)  # block: L', tokens per block, dividing text.length (1 = autoregressive)
     embed_dim: int = checked(16, POSITIVE)  # embedding: the space the Gaussian diffusion runs in

@@ -158,7 +158,9 @@ def test_minilm_encoder_trains_and_stays_out_of_checkpoints(tmp_path):
     images = loaded.sample(2, cond=PROMPTS, steps=2, guidance=2.0, progress=False).data
     assert images.shape == (2, 32, 32, 3)
     long = "a really rather large and bright red circle placed right in the very middle of the whole picture"
-    with warnings.catch_warnings(record=True) as caught:
+    with pytest.warns(UserWarning, match="--text-max-length"):  # 20 tokens: cut at the run's 16 ...
+        loaded.sample(1, cond=[long], steps=2, progress=False)
+    with warnings.catch_warnings(record=True) as caught:  # ... and read whole with the flag
         warnings.simplefilter("always")
         assert main(["sample", str(run), "--prompt", long, "--n", "1", "--steps", "2", "--text-max-length", "32",
                      "--out", str(tmp_path / "long.png")]) == 0  # a frozen MiniLM reads past model.text_max_length

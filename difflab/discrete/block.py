@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from difflab.discrete.masked import count_proposal, draw_counts, random_subsets, subs_log_probs, token_nll
+from difflab.discrete.masked import count_weight, draw_counts, random_subsets, subs_log_probs, token_nll
 from difflab.discrete.samplers import Fixed, SampleStats, check_fixed, resolve_device, sample_masked
 from difflab.discrete.schedules import TokenSchedule
 from difflab.errors import UserError
@@ -66,7 +66,7 @@ def block_nelbo(model: BlockModel, x0: Tensor, mask_id: int, block: int, *, cond
                 generator: torch.Generator | None = None, antithetic: bool = True, gamma: float = 0.0) -> Tensor:
     """An unbiased estimate of the block-diffusion bound on -log p(x0), all blocks in one network pass.
 
-        NELBO(x0) = sum_b L' E_{k_b ~ U{1..L'}} E_{|M_b| = k_b} [ (1 / k_b) sum_{i in M_b} -log p(x0^i | x_t^b, x0^{<b}) ]
+        NELBO(x0) = sum_b L' E_{k_b ~ U{1..L'}} E_{|M_b| = k_b} [ (1/k_b) sum_{i in M_b} -log p(x0^i | x_t^b, x0^{<b}) ]
 
     Each block draws its own count k_b (low-discrepancy over the B * L / L' blocks of the batch with
     ``antithetic``; from q(k) proportional to k^-gamma with reweighting when ``gamma`` > 0, as
@@ -94,9 +94,7 @@ def block_nelbo(model: BlockModel, x0: Tensor, mask_id: int, block: int, *, cond
     logits = model(torch.cat([x_t, x0], dim=1), positions, block_training_mask(L, block, x0.device), cond)
     log_p = subs_log_probs(logits[:, :L], x_t, mask_id)  # (B, L, V+1): the noised half
     nll = torch.where(masked, token_nll(log_p, x0), 0.0).view(B * nb, block).sum(-1)  # (B * nb,)
-    weight = block / k.to(nll.dtype) if gamma == 0 else \
-        (1 / (k * count_proposal(block, gamma, x0.device)[k - 1])).to(nll.dtype)  # (B * nb,)
-    return (nll * weight).view(B, nb).sum(-1)  # (B,)
+    return (nll * count_weight(k, block, gamma, nll.dtype)).view(B, nb).sum(-1)  # (B,)
 
 
 def sample_block(model: BlockModel, shape: tuple[int, int], schedule: TokenSchedule, steps: int, mask_id: int,

@@ -129,6 +129,14 @@ def draw_counts(B: int, L: int, generator: torch.Generator | None = None, *, ant
     return (1 + torch.searchsorted(cdf, t, right=True)).clamp(max=L)
 
 
+def count_weight(k: Tensor, L: int, gamma: float, dtype: torch.dtype) -> Tensor:
+    """The any-order bound's weight of a term with k (B,) of L tokens masked, drawn from q = :func:`count_proposal`:
+    L / k for the uniform (gamma 0), else (L / k) * ((1 / L) / q(k)) = 1 / (k q(k)) (importance sampling)."""
+    if gamma == 0:
+        return L / k.to(dtype)
+    return (1 / (k * count_proposal(L, gamma, k.device)[k - 1])).to(dtype)
+
+
 def masked_count_nelbo(model: TokenModel, x0: Tensor, mask_id: int, *, cond: dict[str, Any] | None = None,
                        generator: torch.Generator | None = None, antithetic: bool = True,
                        gamma: float = 0.0) -> Tensor:
@@ -165,10 +173,7 @@ def masked_count_nelbo(model: TokenModel, x0: Tensor, mask_id: int, *, cond: dic
     x_t = torch.where(masked, mask_id, x0)  # (B, L)
     log_p = subs_log_probs(model(x_t, k.to(torch.get_default_dtype()) / L, cond), x_t, mask_id)  # (B, L, V+1)
     nll = torch.where(masked, token_nll(log_p, x0), 0.0).sum(-1)  # (B,)
-    if gamma == 0:
-        return nll * (L / k.to(nll.dtype))
-    q = count_proposal(L, gamma, x0.device)[k - 1]  # (B,)
-    return nll * (1 / (k * q)).to(nll.dtype)  # (L / k) * ((1 / L) / q(k))
+    return nll * count_weight(k, L, gamma, nll.dtype)
 
 
 def cmlm_loss(model: TokenModel, x0: Tensor, mask_id: int, *, cond: dict[str, Any] | None = None,

@@ -126,13 +126,9 @@ class RotarySelfAttention(nn.Module):
         qkv = self.to_qkv(x).reshape(B, L, 3, self.heads, D // self.heads)  # (B, L, 3, H, D/H)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, H, L, D/H) each
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # (B, H, L, D/H)
-        if mask is not None:
-            if self.causal or past is not None:
-                raise ValueError("an attention mask replaces the bidirectional pattern: not with causal=True or "
-                                 "a KV cache")
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, L, D/H)
-            return self.proj_out(out.transpose(1, 2).reshape(B, L, D)), (k, v)  # (B, L, D)
-        mask, is_causal = None, self.causal and past is None
+        if mask is not None and (self.causal or past is not None):
+            raise ValueError("an attention mask replaces the bidirectional pattern: not with causal=True or a KV cache")
+        is_causal = self.causal and past is None
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, P+L, D/H)
             if self.causal:

@@ -182,11 +182,11 @@ class PriorRun(GaussianRunBase):
     task = "prior"
     outputs: ClassVar[dict[str, str]] = {".npz": "a .npz of embeddings"}
     add_flags = staticmethod(TextToImageRun.add_flags)  # --prompt / --prompts, as text-to-image runs
+    request = TextToImageRun.request
 
     def text_encoders(self) -> list[nn.Module]:
         """CLIP's text tower, which encodes the prompts the prior is conditioned on."""
         return [ClipTextEncoder.from_clip(self.clip.config, self.clip.model, self.clip.tokenizer)]
-    request = TextToImageRun.request
 
     def __init__(self, folder: Path, config: Config, model: nn.Module, checkpoint: Path, clip: ClipRun) -> None:
         super().__init__(folder, config, model, checkpoint)
